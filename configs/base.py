@@ -1,0 +1,138 @@
+"""Base configuration shared by every MIPAE / DRNET experiment.
+
+Not launched directly: each `configs/{mipae,drnet}_{mnist,dsprites,mpi3d}.py`
+imports `get_base_config()` and overrides what differs. Defaults are the
+paper's (Sec. IV-A) and the authors' reference implementation's.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the fields every experiment has, at the paper's values."""
+  config = ml_collections.ConfigDict()
+
+  # "mipae" (eq. 5: recon + alpha sim + beta MI) or "drnet" (adversarial).
+  config.method = "mipae"
+  # Seed of parameter init, of k / pair sampling, and of data order.
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  # Registered TFDS name: moving_mnist, moving_dsprites or moving_mpi3d.
+  config.dataset.name = "moving_dsprites"
+  # TFDS BuilderConfig of that dataset (see mipae_jax/datasets/).
+  config.dataset.builder_config = "fixed"
+  # Where TFDS keeps prepared data; None means TFDS's default directory.
+  config.dataset.data_dir = None
+  # Directory holding source files (MNIST idx, dSprites / MPI3D .npz).
+  config.dataset.manual_dir = None
+  # Build the dataset on first use when it is not prepared yet.
+  config.dataset.prepare = True
+  # Frames of each training video the main network samples x^t, x^{t+k}
+  # from: C + T = 5 + 10 in the reference.
+  config.dataset.num_frames = 15
+
+  config.model = ml_collections.ConfigDict()
+  # "dcgan" (Moving MNIST / dSprites) or "vgg_resnet" (MPI3D, Sec. IV-A).
+  config.model.arch = "dcgan"
+  # |z_c|, content code size: 128 in the paper.
+  config.model.content_dim = 128
+  # |z_p|, pose code size: 5 (DCGAN datasets), 10 (MPI3D).
+  config.model.pose_dim = 5
+  # U-Net skips from the content encoder into the decoder.
+  config.model.skip_connections = False
+  # Convolution implementation: "fast" (exact reformulations that are
+  # quick on CPU, see models/layers.py) or "plain" (nn.Conv/ConvTranspose).
+  config.model.conv_impl = "fast"
+  # Activation dtype: "float32", or "bfloat16" (parameters and optimiser
+  # state stay float32).
+  config.model.dtype = "float32"
+  # Hidden width of the mi_critic MLP (512, Sec. IV-A).
+  config.model.critic_hidden = 512
+  # Hidden width of DRNET's scene_discriminator (256 in DRNET's reference).
+  config.model.scene_discriminator_hidden = 256
+
+  config.loss = ml_collections.ConfigDict()
+  # alpha in eq. 5, weight of L_sim (eq. 1). Paper: 1.
+  config.loss.sim_weight = 1.0
+  # beta in eq. 5, weight of L_MI (eq. 3). Paper: 1e-4.
+  config.loss.mi_weight = 1e-4
+  # DRNET's weight on the pose encoder's adversarial loss. Reference: 1e-4.
+  config.loss.adversarial_weight = 1e-4
+  # Which frame's pose eq. 4 decodes with the content of x^t: "offset"
+  # (x^{t+k}, the reference implementation and DRNET) or "same" (x^t, eq. 4
+  # as printed).
+  config.loss.recon_target = "offset"
+
+  # Adam for the main network and the critic (Sec. IV-A).
+  config.learning_rate = 2e-3
+  config.adam_b1 = 0.5
+  config.adam_b2 = 0.999
+  # Global batch, split over the mesh's data axis. Paper: 100.
+  config.batch_size = 100
+  # 600 steps x 400 epochs (MNIST / dSprites) in the reference.
+  config.num_train_steps = 240_000
+
+  config.log_every_steps = 100
+  config.image_every_steps = 5_000
+  config.checkpoint_every_steps = 5_000
+  # Checkpoints kept on disk (older ones are deleted).
+  config.keep_checkpoints = 3
+  # Call jax.distributed.initialize() before anything else (multi-host).
+  config.distributed = False
+
+  # Stage 2: the pose LSTM (Sec. III, eq. 7).
+  config.lstm = ml_collections.ConfigDict()
+  # Width of the linear input embedding and of each LSTM layer.
+  config.lstm.hidden_size = 256
+  # Stacked LSTM layers. Paper: 2.
+  config.lstm.num_layers = 2
+  # Context frames C and predicted frames T during stage-2 training.
+  config.lstm.num_context = 5
+  config.lstm.num_future = 10
+  # Feed ground-truth poses on every step instead of eq. 7's own
+  # predictions after the context.
+  config.lstm.teacher_forcing = False
+  config.lstm.learning_rate = 2e-4
+  config.lstm.adam_b1 = 0.9
+  config.lstm.batch_size = 100
+  config.lstm.num_train_steps = 240_000
+  config.lstm.log_every_steps = 100
+  config.lstm.image_every_steps = 5_000
+  config.lstm.checkpoint_every_steps = 5_000
+
+  # Evaluation (Fig. 5, Table I).
+  config.eval = ml_collections.ConfigDict()
+  # Context and predicted frames for PSNR / SSIM / LPIPS curves.
+  config.eval.num_context = 5
+  config.eval.num_future = 30
+  config.eval.batch_size = 100
+  # Test sequences evaluated (-1: the whole test split).
+  config.eval.num_sequences = -1
+  # Single frames with known factors used for MIG (eq. 8); reference 100k.
+  config.eval.num_mig_frames = 100_000
+  # LPIPS backbones reported.
+  config.eval.lpips_nets = ("alex", "vgg")
+  # Checkpoint step to evaluate (-1: latest).
+  config.eval.step = -1
+  return config
+
+
+def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config for a few-minute CPU run; architectures stay the same."""
+  config.dataset.builder_config = f"{config.dataset.builder_config}_small"
+  config.batch_size = 16
+  config.num_train_steps = 60
+  config.log_every_steps = 10
+  config.image_every_steps = 30
+  config.checkpoint_every_steps = 30
+  config.lstm.batch_size = 16
+  config.lstm.num_train_steps = 60
+  config.lstm.log_every_steps = 10
+  config.lstm.image_every_steps = 30
+  config.lstm.checkpoint_every_steps = 30
+  config.eval.batch_size = 16
+  config.eval.num_future = 10
+  config.eval.num_sequences = 32
+  config.eval.num_mig_frames = 2_000
+  return config

@@ -1,0 +1,92 @@
+"""The trained main network in inference mode: encode, decode, swap.
+
+Pure functions of (params, batch_stats) dicts keyed by network name, used by
+image summaries, the pose LSTM stage, prediction and evaluation.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mipae_jax.models.networks import Networks
+
+Variables = dict[str, Any]
+
+
+def to_float_frames(frames: jnp.ndarray) -> jnp.ndarray:
+  """uint8 frames in [0, 255] to float32 in [0, 1]; floats pass through."""
+  if frames.dtype == jnp.uint8:
+    return frames.astype(jnp.float32) / 255.0
+  return frames.astype(jnp.float32)
+
+
+def _variables(params: Variables, batch_stats: Variables, name: str) -> Variables:
+  return {"params": params[name], "batch_stats": batch_stats[name]}
+
+
+def encode_content(
+  networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
+) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
+  """E_c(x) for frames [N, H, W, C]: (z_c [N, |z_c|], skips)."""
+  return networks.content_encoder.apply(
+    _variables(params, batch_stats, "content_encoder"),
+    to_float_frames(frames),
+    train=False,
+  )
+
+
+def encode_pose(
+  networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
+) -> jnp.ndarray:
+  """E_p(x) for frames [N, H, W, C]: z_p [N, |z_p|]."""
+  out = networks.pose_encoder.apply(
+    _variables(params, batch_stats, "pose_encoder"),
+    to_float_frames(frames),
+    train=False,
+  )
+  return out[0] if isinstance(out, tuple) else out
+
+
+def decode(
+  networks: Networks,
+  params: Variables,
+  batch_stats: Variables,
+  content_code: jnp.ndarray,
+  pose_code: jnp.ndarray,
+  skips: tuple[jnp.ndarray, ...] | None,
+) -> jnp.ndarray:
+  """D(z_c, z_p): frames [N, H, W, C] in [0, 1]."""
+  return networks.decoder.apply(
+    _variables(params, batch_stats, "decoder"),
+    content_code,
+    pose_code,
+    skips if networks.skip_connections else None,
+    train=False,
+  )
+
+
+def swap_decode(
+  networks: Networks,
+  params: Variables,
+  batch_stats: Variables,
+  content_frames: jnp.ndarray,
+  pose_frames: jnp.ndarray,
+) -> jnp.ndarray:
+  """Every (content, pose) pairing decoded: [R, M, H, W, C] (Figs. 3, 4, 6).
+
+  Cell (r, m) is D(E_c(content_frames[r]), E_p(pose_frames[m])).
+  """
+  content_code, skips = encode_content(networks, params, batch_stats, content_frames)
+  pose_code = encode_pose(networks, params, batch_stats, pose_frames)
+  rows, cols = content_code.shape[0], pose_code.shape[0]
+  tile = lambda a: jnp.repeat(a, cols, axis=0)  # noqa: E731
+  decoded = decode(
+    networks,
+    params,
+    batch_stats,
+    tile(content_code),
+    jnp.tile(pose_code, (rows, 1)),
+    jax.tree.map(tile, skips),
+  )
+  return decoded.reshape(rows, cols, *decoded.shape[1:])

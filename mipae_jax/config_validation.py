@@ -1,0 +1,129 @@
+"""Checks of a config before anything is built or compiled, each failing with
+one line that names the field and the allowed values."""
+
+from typing import Any
+
+import ml_collections
+
+METHODS = ("mipae", "drnet")
+ARCHITECTURES = ("dcgan", "vgg_resnet")
+RECON_TARGETS = ("offset", "same")
+CONV_IMPLS = ("fast", "plain")
+DTYPES = ("float32", "bfloat16")
+DATASETS = ("moving_mnist", "moving_dsprites", "moving_mpi3d")
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(f"Bad config: {message}")
+
+
+def _choice(
+  config: ml_collections.ConfigDict, field: str, allowed: tuple[str, ...]
+) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  _require(value in allowed, f"config.{field}={value!r}; expected one of {allowed}.")
+
+
+def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
+  for field in fields:
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    _require(
+      isinstance(value, int) and value > 0,
+      f"config.{field}={value!r} must be a positive integer.",
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Validates the main-network fields of an experiment config."""
+  _choice(config, "method", METHODS)
+  _choice(config, "dataset.name", DATASETS)
+  _choice(config, "model.arch", ARCHITECTURES)
+  _choice(config, "model.conv_impl", CONV_IMPLS)
+  _choice(config, "model.dtype", DTYPES)
+  _choice(config, "loss.recon_target", RECON_TARGETS)
+  _positive(
+    config,
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "image_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "model.content_dim",
+    "model.pose_dim",
+    "model.critic_hidden",
+    "model.scene_discriminator_hidden",
+  )
+  _require(
+    config.batch_size >= 2,
+    f"config.batch_size={config.batch_size}: marginal pairs need >= 2.",
+  )
+  _require(
+    config.dataset.num_frames >= 2,
+    f"config.dataset.num_frames={config.dataset.num_frames}: x^t and x^(t+k) need >= 2.",
+  )
+  _require(
+    config.learning_rate > 0,
+    f"config.learning_rate={config.learning_rate} must be > 0.",
+  )
+  for field in ("sim_weight", "mi_weight", "adversarial_weight"):
+    _require(
+      config.loss[field] >= 0, f"config.loss.{field}={config.loss[field]} must be >= 0."
+    )
+
+
+def validate_lstm(config: ml_collections.ConfigDict) -> None:
+  """Validates the stage-2 (pose LSTM) fields."""
+  _positive(
+    config,
+    "lstm.hidden_size",
+    "lstm.num_layers",
+    "lstm.num_context",
+    "lstm.num_future",
+    "lstm.batch_size",
+    "lstm.num_train_steps",
+    "lstm.log_every_steps",
+    "lstm.image_every_steps",
+    "lstm.checkpoint_every_steps",
+  )
+  _require(config.lstm.learning_rate > 0, "config.lstm.learning_rate must be > 0.")
+
+
+def check_dataset(config: ml_collections.ConfigDict, info: Any) -> None:
+  """The model's input contract against what the dataset stores."""
+  _require(
+    (info.height, info.width) == (64, 64),
+    f"the {config.model.arch} networks take 64x64 frames; "
+    f"{config.dataset.name} has {info.height}x{info.width}.",
+  )
+  _require(
+    1 <= info.channels <= 3,
+    f"{config.dataset.name} has {info.channels} channels; expected 1-3.",
+  )
+  _require(
+    config.dataset.num_frames <= info.seq_len,
+    f"config.dataset.num_frames={config.dataset.num_frames} exceeds the "
+    f"{info.seq_len} frames per video of {config.dataset.name}/{config.dataset.builder_config}.",
+  )
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config flattened to dotted keys of scalars, for TensorBoard hparams."""
+  flat = {}
+
+  def visit(prefix: str, node: Any) -> None:
+    if isinstance(node, ml_collections.ConfigDict):
+      for key, value in node.items():
+        visit(f"{prefix}.{key}" if prefix else key, value)
+    elif isinstance(node, bool | int | float | str):
+      flat[prefix] = node
+    elif node is not None:
+      flat[prefix] = str(node)
+
+  visit("", config)
+  return flat

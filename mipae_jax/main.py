@@ -1,0 +1,55 @@
+"""Command line of mipae-jax: flags only; the work is in library functions.
+
+python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR
+python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=train_lstm
+python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mipae_jax import sharding
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+flags.DEFINE_enum(
+  "mode", "train", ["train", "train_lstm", "eval"], "Stage to run in --workdir."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  if config.distributed:
+    sharding.initialize_distributed()
+  logging.info(
+    "Process %d/%d, %d local / %d global devices (%s).",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
+  if FLAGS.mode == "train":
+    from mipae_jax import train
+
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == "train_lstm":
+    from mipae_jax import train_lstm
+
+    train_lstm.train_and_evaluate(config, FLAGS.workdir)
+  else:
+    from mipae_jax import evaluate
+
+    evaluate.evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)

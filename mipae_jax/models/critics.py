@@ -1,0 +1,28 @@
+"""Critics on pairs of pose codes: MIPAE's `mi_critic` and DRNET's
+`scene_discriminator`. Both map (z_p^t, z_p^{t+k}) to one logit per pair."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class PairMLP(nn.Module):
+  """MLP on concat(z_a, z_b): two ReLU hidden layers, one logit per pair."""
+
+  hidden_size: int
+
+  @nn.compact
+  def __call__(self, pose_a: jnp.ndarray, pose_b: jnp.ndarray) -> jnp.ndarray:
+    h = jnp.concatenate([pose_a, pose_b], axis=-1).astype(jnp.float32)
+    h = nn.relu(nn.Dense(self.hidden_size, name="hidden1")(h))
+    h = nn.relu(nn.Dense(self.hidden_size, name="hidden2")(h))
+    return nn.Dense(1, name="logit")(h)[..., 0]
+
+
+def mi_critic(hidden_size: int = 512) -> PairMLP:
+  """The critic C of eq. 2, 3 and 6 (two hidden layers of 512, Sec. IV-A)."""
+  return PairMLP(hidden_size, name="mi_critic")
+
+
+def scene_discriminator(hidden_size: int = 256) -> PairMLP:
+  """DRNET's scene discriminator (256 hidden units in DRNET's reference)."""
+  return PairMLP(hidden_size, name="scene_discriminator")

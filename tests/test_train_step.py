@@ -1,0 +1,146 @@
+"""The DCGAN networks and the sharded MIPAE / DRNET train step."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import drnet_dsprites, mipae_dsprites
+from mipae_jax import sharding, train
+from mipae_jax.models import dcgan
+from mipae_jax.models.networks import build_networks
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def _conv(k, c_in, c_out):
+  return k * k * c_in * c_out + c_out
+
+
+def test_dcgan_encoder_parameter_count_and_shapes():
+  enc = dcgan.DCGANEncoder(128)
+  x = jnp.zeros((2, 64, 64, 3))
+  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
+  (code, skips), _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
+  channels = [3, 64, 128, 256, 512]
+  expected = sum(_conv(4, a, b) + 2 * b for a, b in zip(channels[:-1], channels[1:], strict=True))
+  expected += _conv(4, 512, 128) + 2 * 128
+  assert _count(variables["params"]) == expected
+  assert code.shape == (2, 128)
+  assert [s.shape for s in skips] == [
+    (2, 32, 32, 64),
+    (2, 16, 16, 128),
+    (2, 8, 8, 256),
+    (2, 4, 4, 512),
+  ]
+  assert np.all(np.abs(code) <= 1)
+
+
+@pytest.mark.parametrize("skip_connections", [False, True])
+def test_dcgan_decoder_parameter_count_and_shapes(skip_connections):
+  dec = dcgan.DCGANDecoder(3, skip_connections=skip_connections)
+  skips = tuple(jnp.zeros((2, 64 // 2**i, 64 // 2**i, 32 * 2**i)) for i in range(1, 5))
+  variables = dec.init(jax.random.PRNGKey(0), jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
+  out = dec.apply(variables, jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
+  m = 2 if skip_connections else 1
+  expected = _conv(4, 133, 512) + 2 * 512
+  expected += _conv(4, 512 * m, 256) + 2 * 256
+  expected += _conv(4, 256 * m, 128) + 2 * 128
+  expected += _conv(4, 128 * m, 64) + 2 * 64
+  expected += _conv(4, 64 * m, 3)
+  assert _count(variables["params"]) == expected
+  assert out.shape == (2, 64, 64, 3)
+  assert np.all((out >= 0) & (out <= 1))
+
+
+def _setup(config, mesh):
+  networks = build_networks(config, 3)
+  state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
+  step_fn = train.make_train_step(networks, config, mesh, state_sharding)
+  return networks, state, step_fn
+
+
+def _video_batch(batch_size, num_frames=6, seed=0):
+  """Squares moving right over a static bar: learnable, with a per-video content."""
+  rng = np.random.default_rng(seed)
+  video = np.zeros((batch_size, num_frames, 64, 64, 3), np.uint8)
+  for b in range(batch_size):
+    colour = rng.integers(0, 3)
+    y = rng.integers(0, 48)
+    for t in range(num_frames):
+      x = 4 * t
+      video[b, t, y : y + 12, x : x + 12, colour] = 255
+  return {"video": video}
+
+
+def _small(config_module):
+  config = config_module.get_config()
+  config.batch_size = 8
+  return config
+
+
+@pytest.mark.parametrize("config_module", [mipae_dsprites, drnet_dsprites])
+def test_step_runs_once_compiled_and_reports_every_loss(config_module):
+  config = _small(config_module)
+  mesh = sharding.create_mesh()
+  _, state, step_fn = _setup(config, mesh)
+  batch = jax.device_put(_video_batch(8), sharding.batch_sharding(mesh))
+  for i in range(2):
+    state, metrics = step_fn(state, batch, jax.random.PRNGKey(i))
+  assert step_fn._cache_size() == 1
+  values = metrics.compute()
+  expected = {"loss", "recon_loss", "sim_loss"} | (
+    {"mi_estimate", "critic_loss", "critic_accuracy"}
+    if config.method == "mipae"
+    else {"adversarial_loss", "discriminator_loss", "discriminator_accuracy"}
+  )
+  assert set(values) == expected
+  assert all(np.isfinite(v) for v in values.values())
+  assert int(state.step) == 2
+
+
+def test_steps_lower_the_reconstruction_loss():
+  config = _small(mipae_dsprites)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  _, state, step_fn = _setup(config, mesh)
+  batch = _video_batch(8)
+  losses = []
+  for i in range(12):
+    state, metrics = step_fn(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(metrics.compute()["recon_loss"]))
+  assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_eight_device_step_equals_one_device_step():
+  assert jax.device_count() == 8, "conftest.py sets 8 simulated CPU devices"
+  config = _small(mipae_dsprites)
+  batch = _video_batch(8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.create_mesh(devices)
+    _, state, step_fn = _setup(config, mesh)
+    for i in range(2):
+      state, metrics = step_fn(
+        state, jax.device_put(batch, sharding.batch_sharding(mesh)), jax.random.PRNGKey(i)
+      )
+    results.append((jax.device_get(state.params), metrics.compute()))
+  (params_1, metrics_1), (params_8, metrics_8) = results
+  for key in metrics_1:
+    np.testing.assert_allclose(metrics_1[key], metrics_8[key], rtol=1e-4, atol=1e-6)
+  jax.tree.map(
+    functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-5), params_1, params_8
+  )
+
+
+def test_frame_pairs_are_offset_by_at_least_one_frame():
+  video = jnp.arange(4 * 5, dtype=jnp.uint8).reshape(4, 5, 1, 1, 1)
+  video = jnp.broadcast_to(video, (4, 5, 2, 2, 1))
+  for seed in range(10):
+    x_t, x_tk = train.sample_frame_pairs(video, jax.random.PRNGKey(seed))
+    t, tk = np.asarray(x_t[:, 0, 0, 0]) % 5, np.asarray(x_tk[:, 0, 0, 0]) % 5
+    assert np.all(tk > t) and np.all(tk <= 4)
+    assert np.all(np.asarray(x_t[:, 0, 0, 0]) // 5 == np.arange(4))
