@@ -4,3 +4,53 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+from configs import mipae_dsprites  # noqa: E402
+
+
+def tiny_config(data_dir, method_config=mipae_dsprites, **overrides):
+  """The smoke config shrunk to seconds: batch 8, a few steps, small dataset."""
+  config = method_config.get_config("smoke")
+  config.dataset.data_dir = str(data_dir)
+  config.dataset.num_frames = 6
+  config.batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.image_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.lstm.batch_size = 8
+  config.lstm.num_context = 3
+  config.lstm.num_future = 4
+  config.lstm.num_train_steps = 4
+  config.lstm.log_every_steps = 2
+  config.lstm.image_every_steps = 4
+  config.lstm.checkpoint_every_steps = 2
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def dsprites_data_dir(tmp_path_factory):
+  """The small embedded Moving dSprites, built once per test session."""
+  from mipae_jax import input_pipeline
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  input_pipeline.prepare_dataset(tiny_config(data_dir).dataset)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, dsprites_data_dir):
+  """A main network trained for 4 steps, shared by stage-2 and eval tests."""
+  from mipae_jax import train
+
+  workdir = tmp_path_factory.mktemp("trained")
+  train.train_and_evaluate(tiny_config(dsprites_data_dir), str(workdir))
+  return workdir

@@ -1,0 +1,127 @@
+"""The training loop: exact resume, preemption, NaN guard, bad checkpoints."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from configs import drnet_dsprites
+from mipae_jax import checkpointing, config_validation, input_pipeline, objectives, train
+
+
+def _params(workdir, config):
+  info = input_pipeline.dataset_info(config.dataset)
+  _, variables, step = train.load_main_network(config, str(workdir), info)
+  return jax.device_get(variables), step
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, dsprites_data_dir, trained_workdir):
+  config = tiny_config(dsprites_data_dir)
+  interrupted = tmp_path / "interrupted"
+  train.train_and_evaluate(tiny_config(dsprites_data_dir, num_train_steps=2), str(interrupted))
+  assert _params(interrupted, config)[1] == 2
+  train.train_and_evaluate(config, str(interrupted))
+  resumed, step = _params(interrupted, config)
+  uninterrupted, _ = _params(trained_workdir, config)
+  assert step == 4
+  _assert_trees_equal(resumed, uninterrupted)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, dsprites_data_dir, monkeypatch):
+  create = input_pipeline.create_train_iterator
+
+  def preempting_iterator(*args, **kwargs):
+    iterator = create(*args, **kwargs)
+
+    class Preempting:
+      calls = 0
+      grain_iterator = getattr(iterator, "grain_iterator", iterator)
+
+      def __next__(self):
+        Preempting.calls += 1
+        if Preempting.calls == 3:
+          os.kill(os.getpid(), signal.SIGTERM)
+        return next(iterator)
+
+    return Preempting()
+
+  monkeypatch.setattr(train.input_pipeline, "create_train_iterator", preempting_iterator)
+  config = tiny_config(dsprites_data_dir, num_train_steps=50, checkpoint_every_steps=50)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 3
+  assert _params(tmp_path, config)[1] == 3
+
+
+def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, dsprites_data_dir, monkeypatch):
+  config = tiny_config(dsprites_data_dir)
+  train.train_and_evaluate(tiny_config(dsprites_data_dir, num_train_steps=2), str(tmp_path))
+  before, _ = _params(tmp_path, config)
+  monkeypatch.setattr(objectives, "reconstruction_loss", lambda decoded, target: np.nan)
+  with pytest.raises(FloatingPointError, match="Non-finite training metrics at step"):
+    train.train_and_evaluate(config, str(tmp_path))
+  after, step = _params(tmp_path, config)
+  assert step == 2
+  _assert_trees_equal(before, after)
+
+
+def test_checkpoint_of_another_experiment_is_refused_before_compiling(
+  trained_workdir, dsprites_data_dir, monkeypatch
+):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled before checking the checkpoint")
+
+  monkeypatch.setattr(train, "init_state", no_compile)
+  wrong_pose = tiny_config(dsprites_data_dir, **{"model.pose_dim": 7})
+  with pytest.raises(checkpointing.CheckpointError, match="pose_dim: checkpoint=5 vs config=7"):
+    train.train_and_evaluate(wrong_pose, str(trained_workdir))
+  drnet = tiny_config(dsprites_data_dir, drnet_dsprites)
+  with pytest.raises(checkpointing.CheckpointError, match="method: checkpoint='mipae'"):
+    train.train_and_evaluate(drnet, str(trained_workdir))
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
+  config = tiny_config(dsprites_data_dir, num_train_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b"garbage")
+  with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
+    _params(tmp_path, config)
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("method", "vae", "config.method='vae'"),
+    ("model.arch", "unet", "config.model.arch='unet'"),
+    ("batch_size", 1, "marginal pairs need >= 2"),
+    ("dataset.num_frames", 1, "need >= 2"),
+    ("loss.recon_target", "next", "config.loss.recon_target"),
+    ("model.pose_dim", 0, "config.model.pose_dim=0"),
+  ],
+)
+def test_impossible_config_values_are_named(field, value, message, tmp_path):
+  config = tiny_config(tmp_path, **{field: value})
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_validation.validate(config)
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, dsprites_data_dir):
+  config = tiny_config(dsprites_data_dir, batch_size=12)
+  with pytest.raises(ValueError, match="batch_size=12 must be divisible"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_wrong_frame_size_for_the_model_is_refused(tmp_path):
+  class Info:
+    height, width, channels, seq_len = 32, 32, 3, 20
+
+  with pytest.raises(ValueError, match="take 64x64 frames"):
+    config_validation.check_dataset(tiny_config(tmp_path), Info)
