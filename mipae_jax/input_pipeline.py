@@ -1,0 +1,422 @@
+"""Input pipeline: TFDS array_record data sources -> grain -> global jax.Arrays.
+
+Training batches come from a grain DataLoader (shuffled, infinite, each JAX
+process reading only its shard) whose state is saved in the training
+checkpoint, so a resumed run sees exactly the batches it would have seen.
+Videos stay uint8 until they are on the device. The train iterator's
+`get_state` / `set_state` / `start_prefetch` are those of grain's
+DataLoaderIterator, so `grain.python.PyGrainCheckpointSave(iterator)` /
+`PyGrainCheckpointRestore(iterator)` save and restore it through Orbax; the
+grain iterator itself is `TrainIterator.grain_iterator`.
+
+`dataset_config` everywhere is `config.dataset` of configs/base.py (name,
+builder_config, data_dir, manual_dir, prepare, num_frames); builder_config is
+a config name ("fixed", "grey_small", ...) or a BuilderConfig instance.
+"""
+
+import dataclasses
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import grain.python as grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+# Registers moving_mnist, moving_dsprites and moving_mpi3d with TFDS.
+import mipae_jax.datasets  # noqa: F401
+
+# Threads reading and decoding records ahead of the training step (zlib
+# releases the GIL). Grain polls every buffered read per element, so a short
+# buffer is much cheaper than its default of 500.
+_READ_THREADS = min(16, os.cpu_count() or 1)
+_READ_OPTIONS = grain.ReadOptions(
+  num_threads=_READ_THREADS, prefetch_buffer_size=2 * _READ_THREADS
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Shapes, sizes and factor names of a moving-video dataset."""
+
+  seq_len: int
+  height: int
+  width: int
+  channels: int
+  num_train: int
+  num_test: int
+  content_factor_names: tuple[str, ...]
+  pose_factor_names: tuple[str, ...]
+  # Content factors do not determine the content (MNIST: only digit labels).
+  content_is_partial: bool
+  # Number of values of each factor (for MI / MIG).
+  content_factor_sizes: tuple[int, ...]
+  pose_factor_sizes: tuple[int, ...]
+
+
+class _VideoPrefixDecoder(tfds.decode.Decoder):
+  """Decodes only the first `num_frames` frames of a video.
+
+  The builders store videos as raw or zlib-compressed bytes; inflating stops
+  after the frames asked for.
+  """
+
+  def __init__(self, num_frames: int):
+    super().__init__()
+    self._num_frames = num_frames
+
+  def __repr__(self) -> str:  # Grain checks data source reprs on restore.
+    return f"_VideoPrefixDecoder(num_frames={self._num_frames})"
+
+  def setup(self, *, feature: tfds.features.Tensor) -> None:
+    # TFDS calls setup before decoding every example.
+    if self._feature is feature:
+      return
+    super().setup(feature=feature)
+    self._frame_shape = tuple(feature.shape[1:])
+    self._dtype = np.dtype(feature.np_dtype)
+    self._encoding = feature.to_json_content().encoding
+
+  def decode_example(self, serialized_example: bytes) -> np.ndarray:
+    return self.decode_example_np(serialized_example)
+
+  def decode_example_np(self, serialized_example: bytes) -> np.ndarray:
+    wanted = self._num_frames * math.prod(self._frame_shape) * self._dtype.itemsize
+    if self._encoding == "zlib":
+      try:
+        data = zlib.decompressobj().decompress(serialized_example, wanted)
+      except zlib.error as error:
+        raise ValueError(f"Corrupted video record ({error}).") from error
+    else:
+      data = serialized_example[:wanted]
+    if len(data) != wanted:
+      raise ValueError(f"Corrupted video record: {len(data)} bytes, expected {wanted}.")
+    return np.frombuffer(data, self._dtype).reshape(
+      (self._num_frames, *self._frame_shape)
+    )
+
+
+class _SelectFrames(grain.MapTransform):
+  """Keeps video, content and the first `num_frames` pose factors."""
+
+  def __init__(self, num_frames: int):
+    self._num_frames = num_frames
+
+  def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+      "video": example["video"],
+      "content_factors": example["content_factors"],
+      "pose_factors": example["pose_factors"][: self._num_frames],
+    }
+
+
+def _builder_config_name(dataset_config) -> str:
+  config = dataset_config.builder_config
+  return config if isinstance(config, str) else config.name
+
+
+def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder of `dataset_config` (nothing is built)."""
+  name = dataset_config.name
+  builder_config = dataset_config.builder_config
+  try:
+    builder_cls = tfds.builder_cls(name)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise ValueError(
+      f"Unknown dataset {name!r}; expected moving_mnist, moving_dsprites or "
+      "moving_mpi3d."
+    ) from error
+  if isinstance(builder_config, str):
+    known = [c.name for c in builder_cls.BUILDER_CONFIGS]
+    if builder_config not in known:
+      raise ValueError(
+        f"{name} has no builder config {builder_config!r}; choose one of {known}."
+      )
+  return builder_cls(config=builder_config, data_dir=dataset_config.data_dir)
+
+
+def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
+  """Returns the builder of `dataset_config`, building the data if needed.
+
+  With several processes, process 0 builds first and the others wait, then
+  build themselves only if they do not see the data (disks not shared).
+
+  Raises:
+    FileNotFoundError: the data is not built and dataset_config.prepare is
+      False; or a source file is missing.
+  """
+  builder = get_builder(dataset_config)
+  if builder.is_prepared():
+    return builder
+  if not dataset_config.prepare:
+    raise FileNotFoundError(
+      f"{dataset_config.name}/{_builder_config_name(dataset_config)} is not built "
+      f"in {builder.data_dir}; set config.dataset.prepare=True to build it on "
+      "first use, or build it beforehand with "
+      "mipae_jax.input_pipeline.prepare_dataset (docs/datasets.md)."
+    )
+  download_config = tfds.download.DownloadConfig(manual_dir=dataset_config.manual_dir)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      builder.download_and_prepare(
+        file_format="array_record", download_config=download_config
+      )
+    multihost_utils.sync_global_devices("prepare_dataset")
+    builder = get_builder(dataset_config)
+    if builder.is_prepared():
+      return builder
+  builder.download_and_prepare(
+    file_format="array_record", download_config=download_config
+  )
+  return get_builder(dataset_config)
+
+
+def dataset_info(dataset_config) -> DatasetInfo:
+  """Returns shapes, sizes and factor names of `dataset_config`'s dataset."""
+  builder = get_builder(dataset_config)
+  config = builder.builder_config
+  _, height, width, channels = builder.info.features["video"].shape
+  metadata = builder.info.metadata
+  return DatasetInfo(
+    seq_len=config.seq_len,
+    height=height,
+    width=width,
+    channels=channels,
+    num_train=config.num_train,
+    num_test=config.num_test,
+    content_factor_names=tuple(metadata["content_factor_names"]),
+    pose_factor_names=tuple(metadata["pose_factor_names"]),
+    content_is_partial=bool(metadata["content_is_partial"]),
+    content_factor_sizes=tuple(metadata["content_factor_sizes"]),
+    pose_factor_sizes=tuple(metadata["pose_factor_sizes"]),
+  )
+
+
+def _check_num_frames(builder: tfds.core.DatasetBuilder, num_frames: int) -> None:
+  seq_len = builder.builder_config.seq_len
+  if not 1 <= num_frames <= seq_len:
+    raise ValueError(
+      f"num_frames={num_frames} asked of {builder.name}/{builder.builder_config.name}, "
+      f"whose videos have {seq_len} frames; build a config with a longer seq_len."
+    )
+
+
+def _local_batch_size(
+  global_batch_size: int, sharding: jax.sharding.NamedSharding
+) -> int:
+  """Returns this process's share of the global batch, or a ValueError."""
+  process_count = jax.process_count()
+  spec = sharding.spec
+  axes = spec[0] if len(spec) else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  data_shards = math.prod(sharding.mesh.shape[axis] for axis in axes)
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"the {process_count} JAX processes."
+    )
+  if global_batch_size % data_shards:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a multiple of the "
+      f"{data_shards} shards of the sharding's batch axis {axes}."
+    )
+  return global_batch_size // process_count
+
+
+def _to_global(
+  local_batch: dict[str, np.ndarray],
+  sharding: jax.sharding.NamedSharding,
+  global_batch_size: int,
+) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded on the batch axis."""
+  return {
+    key: jax.make_array_from_process_local_data(
+      sharding, value, (global_batch_size, *value.shape[1:])
+    )
+    for key, value in local_batch.items()
+  }
+
+
+class TrainIterator(Iterator[dict[str, jax.Array]]):
+  """Infinite iterator of global training batches with grain's state API.
+
+  Batches: "video" uint8 [B, num_frames, H, W, C], "content_factors" int32
+  [B, Fc], "pose_factors" int32 [B, num_frames, Fp], all global jax.Arrays
+  placed with the given sharding on the batch axis.
+  """
+
+  def __init__(
+    self,
+    grain_iterator: grain.PyGrainDatasetIterator,
+    sharding: jax.sharding.NamedSharding,
+    global_batch_size: int,
+  ):
+    self.grain_iterator = grain_iterator
+    self._sharding = sharding
+    self._global_batch_size = global_batch_size
+
+  def __next__(self) -> dict[str, jax.Array]:
+    return _to_global(
+      next(self.grain_iterator), self._sharding, self._global_batch_size
+    )
+
+  def get_state(self) -> bytes:
+    """Returns the position in the data stream (grain's JSON state)."""
+    return self.grain_iterator.get_state()
+
+  def set_state(self, state: bytes) -> None:
+    """Moves to the position `state` returned by get_state."""
+    self.grain_iterator.set_state(state)
+
+  def start_prefetch(self) -> None:
+    """Starts reading ahead (called by grain's checkpoint handler on restore)."""
+    self.grain_iterator.start_prefetch()
+
+
+def create_train_iterator(
+  dataset_config,
+  *,
+  global_batch_size: int,
+  sharding: jax.sharding.NamedSharding,
+  seed: int,
+  num_frames: int | None = None,
+) -> TrainIterator:
+  """Returns the infinite, shuffled training iterator (deterministic given seed).
+
+  Args:
+    dataset_config: config.dataset.
+    global_batch_size: videos per batch over all processes.
+    sharding: placement of the batch axis (the leading one) of every array.
+    seed: seed of the shuffling of every epoch.
+    num_frames: first frames kept of each video; default dataset_config.num_frames.
+  """
+  num_frames = num_frames or dataset_config.num_frames
+  builder = prepare_dataset(dataset_config)
+  _check_num_frames(builder, num_frames)
+  local_batch_size = _local_batch_size(global_batch_size, sharding)
+  source = builder.as_data_source(
+    "train", decoders={"video": _VideoPrefixDecoder(num_frames)}
+  )
+  shard_options = grain.ShardByJaxProcess(drop_remainder=True)
+  if len(source) < jax.process_count():
+    raise ValueError(
+      f"The train split has {len(source)} videos, fewer than the "
+      f"{jax.process_count()} processes reading it."
+    )
+  sampler = grain.IndexSampler(
+    num_records=len(source),
+    shard_options=shard_options,
+    shuffle=True,
+    seed=seed,
+    num_epochs=None,
+  )
+  loader = grain.DataLoader(
+    data_source=source,
+    sampler=sampler,
+    operations=[
+      _SelectFrames(num_frames),
+      grain.Batch(local_batch_size, drop_remainder=True),
+    ],
+    worker_count=0,
+    shard_options=shard_options,
+    read_options=_READ_OPTIONS,
+  )
+  return TrainIterator(iter(loader), sharding, global_batch_size)
+
+
+def create_eval_iterator(
+  dataset_config,
+  *,
+  split: str,
+  global_batch_size: int,
+  sharding: jax.sharding.NamedSharding,
+  num_frames: int,
+  num_sequences: int = -1,
+) -> Iterator[dict[str, jax.Array]]:
+  """Yields one pass over the first `num_sequences` videos of `split`, in order.
+
+  Every batch holds global_batch_size rows, as in training, plus "mask" bool
+  [B]: False marks the zero rows that pad the last batch.
+  """
+  builder = prepare_dataset(dataset_config)
+  _check_num_frames(builder, num_frames)
+  local_batch_size = _local_batch_size(global_batch_size, sharding)
+  source = builder.as_data_source(
+    split, decoders={"video": _VideoPrefixDecoder(num_frames)}
+  )
+  if num_sequences == -1:
+    num_sequences = len(source)
+  if not 1 <= num_sequences <= len(source):
+    raise ValueError(
+      f"num_sequences={num_sequences} must be -1 or in [1, {len(source)}] "
+      f"(the {split} split's size)."
+    )
+  select = _SelectFrames(num_frames)
+  # This process's rows of every global batch (contiguous on the batch axis).
+  first_row = min(
+    rows.start or 0
+    for rows, *_ in sharding.addressable_devices_indices_map(
+      (global_batch_size,)
+    ).values()
+  )
+  template = select.map(source[0])
+
+  def batches() -> Iterator[dict[str, jax.Array]]:
+    for start in range(0, num_sequences, global_batch_size):
+      indices = start + first_row + np.arange(local_batch_size)
+      mask = indices < num_sequences
+      local = {
+        key: np.zeros((local_batch_size, *value.shape), value.dtype)
+        for key, value in template.items()
+      }
+      for row in np.flatnonzero(mask):
+        for key, value in select.map(source[int(indices[row])]).items():
+          local[key][row] = value
+      local["mask"] = mask
+      yield _to_global(local, sharding, global_batch_size)
+
+  return batches()
+
+
+def load_frames(
+  dataset_config, *, split: str, num_frames: int, seed: int
+) -> dict[str, np.ndarray]:
+  """Returns `num_frames` single frames with their factors, for MIG (eq. 8).
+
+  Frames are drawn uniformly (seeded) over the videos of `split` and their
+  time steps, and read one video at a time.
+
+  Returns:
+    "frames" uint8 [N, H, W, C], "content_factors" int32 [N, Fc],
+    "pose_factors" int32 [N, Fp].
+  """
+  builder = prepare_dataset(dataset_config)
+  source = builder.as_data_source(split)
+  seq_len = builder.builder_config.seq_len
+  rng = np.random.default_rng(seed)
+  video_ids = rng.integers(0, len(source), size=num_frames)
+  time_steps = rng.integers(0, seq_len, size=num_frames)
+  features = builder.info.features
+  _, height, width, channels = features["video"].shape
+  result = {
+    "frames": np.zeros((num_frames, height, width, channels), np.uint8),
+    "content_factors": np.zeros(
+      (num_frames, *features["content_factors"].shape), np.int32
+    ),
+    "pose_factors": np.zeros(
+      (num_frames, features["pose_factors"].shape[-1]), np.int32
+    ),
+  }
+  order = np.argsort(video_ids, kind="stable")
+  unique_ids, starts = np.unique(video_ids[order], return_index=True)
+  for video_id, rows in zip(unique_ids, np.split(order, starts[1:]), strict=True):
+    example = source[int(video_id)]
+    steps = time_steps[rows]
+    result["frames"][rows] = example["video"][steps]
+    result["content_factors"][rows] = example["content_factors"]
+    result["pose_factors"][rows] = example["pose_factors"][steps]
+  return result

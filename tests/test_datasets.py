@@ -1,0 +1,563 @@
+"""Tests of the moving-video TFDS builders, their motion and the dSprites renderer."""
+
+import gzip
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import tensorflow_datasets as tfds
+
+import mipae_jax.datasets  # noqa: F401  (registers the builders)
+from mipae_jax.datasets import (
+  common,
+  motion,
+  moving_dsprites,
+  moving_mnist,
+  moving_mpi3d,
+)
+from mipae_jax.datasets import dsprites_shapes as shapes
+
+SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist"
+SEQ_LEN = 12
+
+tfds.disable_progress_bar()
+
+
+def _build(builder_cls, config, data_dir, manual_dir=None):
+  builder = builder_cls(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(
+    file_format="array_record",
+    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+  )
+  return builder
+
+
+def _examples(builder, split):
+  source = builder.as_data_source(split)
+  return [source[i] for i in range(len(source))]
+
+
+def _assert_bouncing(positions, velocities, max_position):
+  """Positions in bounds, constant speed, velocity flips exactly at walls."""
+  positions = positions.reshape(len(positions), -1)
+  velocities = velocities.reshape(len(velocities), -1)
+  upper = np.broadcast_to(max_position, positions.shape[1:])
+  assert (positions >= 0).all() and (positions <= upper).all()
+  assert (np.abs(velocities) == np.abs(velocities[:1])).all()
+  moved = positions[:-1] + velocities[:-1]
+  hit_wall = (moved < 0) | (moved > upper)
+  np.testing.assert_array_equal(positions[1:], np.clip(moved, 0, upper))
+  flipped = velocities[1:] == -velocities[:-1]
+  moving = velocities[:-1] != 0
+  np.testing.assert_array_equal(flipped & moving, hit_wall)
+  at_wall = (positions[1:] == 0) | (positions[1:] == upper)
+  assert at_wall[hit_wall].all()
+
+
+def _write_idx(path, array, magic):
+  header = struct.pack(f">{1 + array.ndim}i", magic, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_tiny_mnist(directory, num_train=20, num_test=10):
+  """Train labels are 0-4 and test labels 5-9, so splits are distinguishable."""
+  rng = np.random.default_rng(0)
+  directory.mkdir(parents=True, exist_ok=True)
+  for split, count, labels in (
+    ("train", num_train, rng.integers(0, 5, num_train)),
+    ("test", num_test, rng.integers(5, 10, num_test)),
+  ):
+    images = np.zeros((count, 28, 28), np.uint8)
+    images[:, 4:24, 6:22] = rng.integers(1, 256, (count, 20, 16))
+    images_name, labels_name = moving_mnist.MNIST_FILES[split]
+    _write_idx(directory / images_name, images, 2051)
+    _write_idx(directory / labels_name, labels, 2049)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+  return _write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+def _write_mpi3d(path, factor_sizes):
+  """Writes images whose pixels encode their own factor indices."""
+  images = np.zeros((*factor_sizes, 64, 64, 3), np.uint8)
+  for index in np.ndindex(*factor_sizes):
+    images[index][0, : len(index), 0] = index
+    images[index][8:, :, :] = (np.ravel_multi_index(index, factor_sizes) * 7) % 251
+  np.savez(path, images=images)
+
+
+# Motion.
+
+
+def test_bounce_stays_in_bounds_and_reflects_exactly_at_walls():
+  rng = np.random.default_rng(0)
+  start = rng.integers(0, 32, (200, 2))
+  velocity = motion.sample_velocities(rng, (200, 2), -4, 3)
+  positions, velocities = motion.bounce(start, velocity, 60, 31)
+  assert positions.shape == velocities.shape == (60, 200, 2)
+  assert velocities.min() == -4 and velocities.max() == 4
+  _assert_bouncing(positions, velocities, 31)
+
+
+def test_bounce_clamps_to_the_wall_and_negates_velocity():
+  positions, velocities = motion.bounce(np.array([29]), np.array([3]), 5, 31)
+  np.testing.assert_array_equal(positions[:, 0], [29, 31, 28, 25, 22])
+  np.testing.assert_array_equal(velocities[:, 0], [3, -3, -3, -3, -3])
+  positions, velocities = motion.bounce(np.array([1]), np.array([-2]), 3, 31)
+  np.testing.assert_array_equal(positions[:, 0], [1, 0, 2])
+  np.testing.assert_array_equal(velocities[:, 0], [-2, 2, 2])
+
+
+def test_bounce_rejects_start_outside_bounds():
+  with pytest.raises(ValueError, match="start positions"):
+    motion.bounce(np.array([32]), np.array([1]), 3, 31)
+
+
+def test_rotate_wraps_orientation_mod_period():
+  orientations = motion.rotate(np.array([38, 1]), np.array([2, -2]), 4, 40)
+  np.testing.assert_array_equal(orientations, [[38, 1], [0, 39], [2, 37], [4, 35]])
+
+
+# Embedded dSprites renderer.
+
+
+def test_sprite_areas_scale_with_square_of_scale():
+  areas = shapes.sprite_patches().sum(axis=(-1, -2)).mean(axis=(2, 3, 4))
+  ratios = areas / areas[:, -1:]
+  expected = (shapes.SCALES / shapes.SCALES[-1]) ** 2
+  np.testing.assert_allclose(ratios, np.broadcast_to(expected, ratios.shape), rtol=0.05)
+  assert (np.diff(areas, axis=1) > 0).all()
+
+
+def _turn_back(patch, angle):
+  """Turns a phase-(0, 0) patch clockwise by `angle` about its sprite centre."""
+  centre = np.full(2, 10.25)  # Patch pixel 10 holds the centre 0.25 px in.
+  rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  turned = scipy.ndimage.affine_transform(
+    patch.astype(float), rotation, offset=centre - rotation @ centre, order=1
+  )
+  return turned > 0.5
+
+
+def _iou(a, b):
+  return (a & b).sum() / (a | b).sum()
+
+
+def test_sprites_are_rotated_copies_across_orientations():
+  patches = shapes.sprite_patches()[:, -1, :, 0, 0]
+  for shape in range(shapes.NUM_SHAPES):
+    upright = patches[shape, 0]
+    ious = []
+    for orientation in range(1, shapes.NUM_ORIENTATIONS):
+      angle = shapes.ORIENTATIONS[orientation]
+      ious.append(_iou(_turn_back(patches[shape, orientation], angle), upright))
+      if shape == 2 and orientation != 20:  # The heart has no symmetry.
+        wrong_way = _turn_back(patches[shape, orientation], -angle)
+        assert _iou(wrong_way, upright) < ious[-1] - 0.03
+    assert min(ious) > 0.75 and np.mean(ious) > 0.9, (shape, ious)
+  assert not np.array_equal(patches[2, 10], patches[2, 0])
+
+
+def test_sprites_stay_whole_on_canvas_at_extreme_positions():
+  patches = shapes.sprite_patches()
+  for x, y in ((0, 0), (31, 31), (0, 31), (31, 0)):
+    for shape in range(shapes.NUM_SHAPES):
+      for orientation in (0, 5, 13):
+        canvas = np.zeros((64, 64), np.uint8)
+        shapes.draw_sprite(canvas, shape, 5, orientation, x, y)
+        drawn = np.count_nonzero(canvas)
+        assert drawn == patches[shape, 5, orientation, y % 2, x % 2].sum() > 0
+
+
+def test_sprite_centroid_is_at_the_position_centre():
+  centres = shapes.position_centres()
+  for x, y in ((0, 0), (7, 20), (31, 12)):
+    canvas = np.zeros((64, 64), np.uint8)
+    shapes.draw_sprite(canvas, 1, 3, 9, x, y)  # An ellipse: centroid = centre.
+    rows, cols = np.nonzero(canvas)
+    assert abs(cols.mean() + 0.5 - centres[x]) < 0.3
+    assert abs(rows.mean() + 0.5 - centres[y]) < 0.3
+
+
+# Moving MNIST.
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_moving_mnist_shapes_factors_physics_and_rerender(tmp_path, tiny_mnist, colour):
+  config = moving_mnist.MovingMnistConfig(
+    name="tiny", colour=colour, seq_len=SEQ_LEN, num_train=6, num_test=4
+  )
+  builder = _build(moving_mnist.MovingMnist, config, tmp_path, tiny_mnist)
+  assert builder.info.metadata["content_is_partial"] is True
+  assert builder.info.metadata["pose_factor_names"] == [
+    "digit0_x",
+    "digit0_y",
+    "digit1_x",
+    "digit1_y",
+  ]
+  for split, num_videos, label_range in (("train", 6, (0, 4)), ("test", 4, (5, 9))):
+    images, labels = moving_mnist.load_mnist(tiny_mnist, split)
+    examples = _examples(builder, split)
+    assert len(examples) == num_videos
+    assert sorted(int(e["id"]) for e in examples) == list(range(num_videos))
+    for example in examples:
+      video, pose = example["video"], example["pose_factors"]
+      assert video.shape == (SEQ_LEN, 64, 64, 3 if colour else 1)
+      assert video.dtype == np.uint8 and pose.dtype == np.int32
+      content = example["content_factors"]
+      assert content.dtype == np.int32
+      assert label_range[0] <= content.min() and content.max() <= label_range[1]
+      np.testing.assert_array_equal(content, labels[example["digit_indices"]])
+      _assert_bouncing(pose, example["velocities"], moving_mnist.MAX_POSITION)
+      assert np.abs(example["velocities"]).max() <= 4
+      digits = moving_mnist.resize_digits(images[example["digit_indices"]])
+      rerendered = moving_mnist.render_video(
+        digits, pose[:, 0::2], pose[:, 1::2], colour
+      )
+      np.testing.assert_array_equal(rerendered, video)
+      # Independently: nothing is drawn outside the digits' 32x32 boxes.
+      outside = np.ones(video.shape[:3], bool)
+      for t in range(SEQ_LEN):
+        for x, y in pose[t].reshape(-1, 2):
+          outside[t, y : y + 32, x : x + 32] = False
+      assert not video[outside].any()
+
+
+def test_moving_mnist_digits_are_resized_to_32(tiny_mnist):
+  images, _ = moving_mnist.load_mnist(tiny_mnist, "test")
+  resized = moving_mnist.resize_digits(images[:2])
+  assert resized.shape == (2, 32, 32) and resized.dtype == np.uint8
+  constant = moving_mnist.resize_digits(np.full((1, 28, 28), 200, np.uint8))
+  np.testing.assert_array_equal(constant, 200)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.exists(), reason="no shared MNIST copy")
+def test_moving_mnist_builds_from_the_real_mnist_files(tmp_path):
+  config = moving_mnist.MovingMnistConfig(
+    name="real", seq_len=4, num_train=3, num_test=3
+  )
+  builder = _build(moving_mnist.MovingMnist, config, tmp_path, SHARED_MNIST)
+  images, labels = moving_mnist.load_mnist(SHARED_MNIST, "test")
+  assert images.shape == (10_000, 28, 28)
+  for example in _examples(builder, "test"):
+    np.testing.assert_array_equal(
+      example["content_factors"], labels[example["digit_indices"]]
+    )
+    digits = moving_mnist.resize_digits(images[example["digit_indices"]])
+    pose = example["pose_factors"]
+    np.testing.assert_array_equal(
+      moving_mnist.render_video(digits, pose[:, 0::2], pose[:, 1::2], False),
+      example["video"],
+    )
+
+
+# Moving dSprites.
+
+
+@pytest.mark.parametrize("rotating", [False, True])
+def test_moving_dsprites_shapes_factors_physics_and_rerender(tmp_path, rotating):
+  config = moving_dsprites.MovingDspritesConfig(
+    name="tiny", rotating=rotating, seq_len=SEQ_LEN, num_train=8, num_test=6
+  )
+  builder = _build(moving_dsprites.MovingDsprites, config, tmp_path)
+  metadata = builder.info.metadata
+  per_sprite = 2 if rotating else 3
+  assert len(metadata["content_factor_names"]) == 2 * per_sprite
+  assert len(metadata["pose_factor_names"]) == 2 * (5 - per_sprite)
+  centres = shapes.position_centres()
+  for split in ("train", "test"):
+    allowed = {tuple(c) for c in metadata[f"{split}_contents"]}
+    for example in _examples(builder, split):
+      video = example["video"]
+      assert video.shape == (SEQ_LEN, 64, 64, 3) and video.dtype == np.uint8
+      content = example["content_factors"].reshape(2, per_sprite)
+      pose = example["pose_factors"].reshape(SEQ_LEN, 2, 5 - per_sprite)
+      assert {tuple(c) for c in content.tolist()} <= allowed
+      _assert_bouncing(
+        pose[..., :2], example["velocities"], moving_dsprites.MAX_POSITION
+      )
+      assert np.abs(example["velocities"]).max() <= 2
+      if rotating:
+        steps = example["rotation_steps"]
+        assert np.abs(steps).max() <= 2
+        np.testing.assert_array_equal(
+          pose[..., 2], (pose[0, :, 2] + np.arange(SEQ_LEN)[:, None] * steps) % 40
+        )
+        orientations = pose[..., 2]
+      else:
+        orientations = np.broadcast_to(content[:, 2], (SEQ_LEN, 2))
+      rerendered = shapes.render_frames(
+        content[:, :2], orientations, pose[..., 0], pose[..., 1]
+      )
+      np.testing.assert_array_equal(rerendered, video)
+      assert not video[..., 2].any()  # Two sprites, two channels.
+      # Independently: each sprite's box around its position centre.
+      for t in (0, SEQ_LEN - 1):
+        for s in range(2):
+          rows, cols = np.nonzero(video[t, :, :, s])
+          assert abs(cols.mean() + 0.5 - centres[pose[t, s, 0]]) < 3
+          assert abs(rows.mean() + 0.5 - centres[pose[t, s, 1]]) < 3
+
+
+@pytest.mark.parametrize("rotating", [False, True])
+def test_moving_dsprites_train_and_test_contents_are_disjoint(rotating):
+  config = moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating)
+  contents = moving_dsprites.split_contents(config)
+  train = {tuple(c) for c in contents["train"].tolist()}
+  test = {tuple(c) for c in contents["test"].tolist()}
+  assert not train & test
+  assert (len(train), len(test)) == ((12, 6) if rotating else (500, 220))
+  # Every value of every content factor is still seen in training.
+  for axis, size in enumerate((3, 6) if rotating else (3, 6, 40)):
+    assert set(contents["train"][:, axis]) == set(range(size))
+  other_seed = moving_dsprites.split_contents(
+    moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating, seed=1)
+  )
+  assert not np.array_equal(other_seed["test"], contents["test"])
+
+
+def test_moving_dsprites_same_seed_gives_identical_bytes(tmp_path):
+  def record_bytes(data_dir, seed):
+    config = moving_dsprites.MovingDspritesConfig(
+      name="tiny", seq_len=6, num_train=5, num_test=3, seed=seed
+    )
+    builder = _build(moving_dsprites.MovingDsprites, config, data_dir)
+    files = sorted(pathlib.Path(builder.data_dir).glob("*.array_record*"))
+    assert len(files) == 2
+    return [f.read_bytes() for f in files]
+
+  first = record_bytes(tmp_path / "a", seed=3)
+  assert record_bytes(tmp_path / "b", seed=3) == first
+  assert record_bytes(tmp_path / "c", seed=4) != first
+
+
+# Moving MPI3D.
+
+
+def test_moving_mpi3d_reads_factor_sizes_from_the_file(tmp_path):
+  factor_sizes = (2, 3, 1, 2, 1, 6, 5)
+  _write_mpi3d(tmp_path / moving_mpi3d.MPI3D_FILE, factor_sizes)
+  config = moving_mpi3d.MovingMpi3dConfig(
+    name="tiny", seq_len=SEQ_LEN, num_train=6, num_test=3
+  )
+  builder = _build(moving_mpi3d.MovingMpi3d, config, tmp_path / "data", tmp_path)
+  reloaded = moving_mpi3d.MovingMpi3d(config=config, data_dir=str(tmp_path / "data"))
+  for info in (builder.info, reloaded.info):
+    assert info.metadata["content_factor_sizes"] == list(factor_sizes[:5])
+    assert info.metadata["pose_factor_sizes"] == list(factor_sizes[5:])
+  for split, num_videos in (("train", 6), ("test", 3)):
+    examples = _examples(builder, split)
+    assert len(examples) == num_videos
+    for example in examples:
+      video, content, pose = (
+        example["video"],
+        example["content_factors"],
+        example["pose_factors"],
+      )
+      assert video.shape == (SEQ_LEN, 64, 64, 3) and video.dtype == np.uint8
+      assert content.shape == (5,) and pose.shape == (SEQ_LEN, 2)
+      _assert_bouncing(pose, example["velocities"], np.array(factor_sizes[5:]) - 1)
+      assert np.abs(example["velocities"]).max() <= 4
+      # Each frame's pixels name the factors it was photographed with.
+      encoded = video[:, 0, :7, 0]
+      np.testing.assert_array_equal(
+        encoded[:, :5], np.broadcast_to(content, (SEQ_LEN, 5))
+      )
+      np.testing.assert_array_equal(encoded[:, 5:], pose)
+
+
+def test_load_npz_array_memory_maps_uncompressed_members(tmp_path):
+  array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+  np.savez(tmp_path / "stored.npz", images=array, other=np.zeros(3))
+  np.savez_compressed(tmp_path / "deflated.npz", images=array)
+  stored = common.load_npz_array(tmp_path / "stored.npz", "images")
+  assert isinstance(stored, np.memmap)
+  np.testing.assert_array_equal(stored, array)
+  np.testing.assert_array_equal(
+    common.load_npz_array(tmp_path / "deflated.npz", "images"), array
+  )
+  with pytest.raises(ValueError, match="no array 'imgs'"):
+    common.load_npz_array(tmp_path / "stored.npz", "imgs")
+
+
+# Registration and bad input.
+
+
+def test_builders_are_registered_with_their_configs():
+  expected = {
+    "moving_mnist": {"grey", "colour", "grey_small", "colour_small"},
+    "moving_dsprites": {"fixed", "rotating", "fixed_small", "rotating_small"},
+    "moving_mpi3d": {"default", "default_small"},
+  }
+  for name, configs in expected.items():
+    builder_cls = tfds.builder_cls(name)
+    assert configs <= {c.name for c in builder_cls.BUILDER_CONFIGS}
+    for config in builder_cls.BUILDER_CONFIGS:
+      assert config.seq_len == 35
+      if config.name.endswith("_small"):
+        assert (config.num_train, config.num_test) == (256, 64)
+  assert tfds.builder("moving_dsprites").builder_config.name == "fixed"
+
+
+@pytest.mark.parametrize(
+  "make_config, message",
+  [
+    (
+      lambda: moving_dsprites.MovingDspritesConfig(name="x", num_sprites=4),
+      "num_sprites=4",
+    ),
+    (
+      lambda: moving_mnist.MovingMnistConfig(name="x", colour=True, num_digits=4),
+      "4 digits",
+    ),
+    (lambda: moving_mnist.MovingMnistConfig(name="x", seq_len=1), "seq_len=1"),
+    (lambda: moving_mpi3d.MovingMpi3dConfig(name="x", num_test=0), "num_test=0"),
+    (
+      lambda: moving_dsprites.MovingDspritesConfig(name="x", source="web"),
+      "source='web'",
+    ),
+    (
+      lambda: moving_dsprites.MovingDspritesConfig(name="x", num_test_contents=720),
+      "num_test_contents=720",
+    ),
+  ],
+)
+def test_impossible_configs_are_one_line_value_errors(make_config, message):
+  with pytest.raises(ValueError, match=message) as error:
+    make_config()
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+  "builder_cls, config, filename, url",
+  [
+    (
+      moving_mnist.MovingMnist,
+      moving_mnist.MovingMnistConfig(name="m", num_train=2, num_test=2),
+      "train-images-idx3-ubyte.gz",
+      moving_mnist.MNIST_URL,
+    ),
+    (
+      moving_dsprites.MovingDsprites,
+      moving_dsprites.MovingDspritesConfig(
+        name="d", source="npz", num_train=2, num_test=2
+      ),
+      moving_dsprites.DSPRITES_FILE,
+      moving_dsprites.DSPRITES_URL,
+    ),
+    (
+      moving_mpi3d.MovingMpi3d,
+      moving_mpi3d.MovingMpi3dConfig(name="p", num_train=2, num_test=2),
+      moving_mpi3d.MPI3D_FILE,
+      moving_mpi3d.MPI3D_URL,
+    ),
+  ],
+)
+def test_missing_source_names_file_directory_and_download(
+  tmp_path, builder_cls, config, filename, url
+):
+  manual_dir = tmp_path / "manual"
+  manual_dir.mkdir()
+  with pytest.raises(FileNotFoundError) as error:
+    _build(builder_cls, config, tmp_path / "data", manual_dir)
+  message = str(error.value)
+  assert filename in message and str(manual_dir) in message and url in message
+  assert "\n" not in message
+
+
+def test_corrupted_or_wrong_sources_are_clear_errors(tmp_path, tiny_mnist):
+  bad_mnist = tmp_path / "mnist"
+  bad_mnist.mkdir()
+  for name in moving_mnist.ALL_MNIST_FILES:
+    (bad_mnist / name).write_bytes((tiny_mnist / name).read_bytes())
+  (bad_mnist / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not gzip")
+  config = moving_mnist.MovingMnistConfig(name="m", num_train=2, num_test=2)
+  with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is corrupted"):
+    _build(moving_mnist.MovingMnist, config, tmp_path / "data", bad_mnist)
+
+  mpi3d_dir = tmp_path / "mpi3d"
+  mpi3d_dir.mkdir()
+  config = moving_mpi3d.MovingMpi3dConfig(name="p", num_train=2, num_test=2)
+  (mpi3d_dir / moving_mpi3d.MPI3D_FILE).write_bytes(b"PK\x03\x04 truncated")
+  with pytest.raises(ValueError, match="corrupted or not an .npz"):
+    _build(moving_mpi3d.MovingMpi3d, config, tmp_path / "data", mpi3d_dir)
+  np.savez(mpi3d_dir / moving_mpi3d.MPI3D_FILE, images=np.zeros((10, 64, 64), np.uint8))
+  with pytest.raises(
+    ValueError, match=r"expected uint8 'images'.*found uint8 \(10, 64, 64\)"
+  ):
+    _build(moving_mpi3d.MovingMpi3d, config, tmp_path / "data", mpi3d_dir)
+
+  dsprites_dir = tmp_path / "dsprites"
+  dsprites_dir.mkdir()
+  np.savez_compressed(
+    dsprites_dir / moving_dsprites.DSPRITES_FILE, imgs=np.zeros((3, 64, 64), np.uint8)
+  )
+  config = moving_dsprites.MovingDspritesConfig(
+    name="d", source="npz", num_train=2, num_test=2
+  )
+  with pytest.raises(ValueError, match=r"expected 'imgs' of shape \(737280, 64, 64\)"):
+    _build(moving_dsprites.MovingDsprites, config, tmp_path / "data", dsprites_dir)
+
+
+def test_failed_build_leaves_built_data_intact(tmp_path, tiny_mnist):
+  good = moving_mnist.MovingMnistConfig(name="good", seq_len=4, num_train=3, num_test=2)
+  builder = _build(moving_mnist.MovingMnist, good, tmp_path, tiny_mnist)
+  before = {p: p.read_bytes() for p in pathlib.Path(builder.data_dir).iterdir()}
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  for name in moving_mnist.ALL_MNIST_FILES:
+    (broken / name).write_bytes(b"garbage")
+  for config in (
+    good,
+    moving_mnist.MovingMnistConfig(name="other", seq_len=4, num_train=3, num_test=2),
+  ):
+    rebuilt = moving_mnist.MovingMnist(config=config, data_dir=str(tmp_path))
+    if config is good:
+      rebuilt.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=broken),
+      )
+    else:
+      with pytest.raises(ValueError, match="corrupted"):
+        _build(moving_mnist.MovingMnist, config, tmp_path, broken)
+      assert not rebuilt.is_prepared()
+  after = {p: p.read_bytes() for p in pathlib.Path(builder.data_dir).iterdir()}
+  assert after == before
+  assert len(_examples(builder, "train")) == 3
+
+
+class _IndexBitImages:
+  """Stands in for the 737280 official images: image i shows i's bits."""
+
+  shape = moving_dsprites.DSPRITES_IMAGES_SHAPE
+
+  def __getitem__(self, index):
+    bits = (index[..., None] >> np.arange(20)) & 1
+    images = np.zeros((*index.shape, 64, 64), np.uint8)
+    images[..., 0, :20] = bits
+    return images
+
+
+def test_official_frames_follow_the_dsprites_image_order():
+  content = np.array([[2, 5], [1, 0]])
+  orientations = np.array([[39, 0], [7, 3]])
+  xs = np.array([[31, 4], [0, 9]])
+  ys = np.array([[30, 1], [2, 31]])
+  frames = moving_dsprites.official_frames(
+    _IndexBitImages(), content, orientations, xs, ys
+  )
+  assert frames.shape == (2, 64, 64, 3) and not frames[..., 2].any()
+  decoded = (frames[:, 0, :20, :2].astype(int) // 255 << np.arange(20)[:, None]).sum(1)
+  for t in range(2):
+    for s in range(2):
+      shape, scale = content[s]
+      expected = (
+        ((shape * 6 + scale) * 40 + orientations[t, s]) * 32 + xs[t, s]
+      ) * 32 + ys[t, s]
+      assert decoded[t, s] == expected
