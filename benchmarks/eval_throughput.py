@@ -1,0 +1,166 @@
+"""Evaluation-metric throughput: MIG on N frames' codes and the frame metrics.
+
+  python benchmarks/eval_throughput.py                     # defaults below
+  python benchmarks/eval_throughput.py --mig_frames=20000 --lpips_vgg_sequences=5
+
+MIG: eq. 8 on synthetic but realistic codes of --mig_frames frames. The
+factors are dSprites-like: content = (shape 3, scale 6, orientation 40), 720
+joint labels; pose = (x 32, y 32), 1024 joint labels. z_c (128-d) and z_p
+(5-d) are tanh of random linear maps of smooth factor features with 5 %
+leakage of the other group and noise of std 0.01, so the codes lie near a
+low-dimensional manifold as learned codes do.
+
+Frame metrics: PSNR, SSIM, LPIPS-alex and LPIPS-vgg on --sequences x --frames
+images of 64x64x3, fed --batch_sequences sequences per call as an evaluation
+loop would. Each metric is timed on its own number of sequences (the slow
+LPIPS nets on a fraction) and extrapolated linearly to --sequences; the table
+says which rows are extrapolated. Compilation is timed apart (first call).
+"""
+
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from mipae_jax import metrics  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("mig_frames", 100_000, "Frames whose codes MIG is computed on.")
+flags.DEFINE_integer("sequences", 1000, "Test sequences the frame metrics cover.")
+flags.DEFINE_integer("frames", 30, "Future frames per sequence.")
+flags.DEFINE_integer("batch_sequences", 10, "Sequences per metric call.")
+flags.DEFINE_integer("psnr_sequences", 1000, "Sequences actually timed for PSNR.")
+flags.DEFINE_integer("ssim_sequences", 1000, "Sequences actually timed for SSIM.")
+flags.DEFINE_integer("lpips_alex_sequences", 100, "Sequences timed for LPIPS-alex.")
+flags.DEFINE_integer("lpips_vgg_sequences", 20, "Sequences timed for LPIPS-vgg.")
+flags.DEFINE_integer("lpips_batch_size", 150, "Images per LPIPS network call.")
+
+
+def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
+  """dSprites-like discrete factors and codes that mostly disentangle them."""
+  rng = np.random.default_rng(seed)
+  shape = rng.integers(0, 3, num_frames)
+  scale = rng.integers(0, 6, num_frames)
+  orientation = rng.integers(0, 40, num_frames)
+  x, y = rng.integers(0, 32, num_frames), rng.integers(0, 32, num_frames)
+  angle = orientation * 2.0 * np.pi / 40.0
+  content_features = np.concatenate(
+    [np.eye(3)[shape], np.stack([scale / 5.0, np.cos(angle), np.sin(angle)], 1)],
+    axis=1,
+  )
+  pose_features = np.stack([x / 31.0, y / 31.0], 1)
+
+  def code(own, other, dims):
+    mixed = own @ rng.normal(size=(own.shape[1], dims))
+    leaked = 0.05 * other @ rng.normal(size=(other.shape[1], dims))
+    return np.tanh(mixed + leaked) + 0.01 * rng.normal(size=(num_frames, dims))
+
+  z_c = code(content_features, pose_features, 128)
+  z_p = code(pose_features, content_features, 5)
+  content = np.stack([shape, scale, orientation], 1)
+  pose = np.stack([x, y], 1)
+  return content, pose, z_c.astype(np.float32), z_p.astype(np.float32)
+
+
+def time_mig(num_frames: int) -> tuple[float, dict[str, float]]:
+  content, pose, z_c, z_p = synthetic_factors_and_codes(num_frames)
+  start = time.perf_counter()
+  row = metrics.mig(content, pose, z_c, z_p)
+  return time.perf_counter() - start, row
+
+
+def time_frame_metric(metric_fn, timed_sequences: int) -> tuple[float, float]:
+  """Returns (first-call seconds, seconds for `timed_sequences` sequences)."""
+  rng = np.random.default_rng(1)
+  shape = (FLAGS.batch_sequences, FLAGS.frames, 64, 64, 3)
+  ground_truth = rng.uniform(size=shape).astype(np.float32)
+  predicted = np.clip(ground_truth + 0.1 * rng.normal(size=shape), 0, 1)
+  predicted = predicted.astype(np.float32)
+
+  start = time.perf_counter()
+  jax.block_until_ready(metric_fn(ground_truth, predicted))
+  first_call = time.perf_counter() - start
+
+  num_batches = -(-timed_sequences // FLAGS.batch_sequences)
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    jax.block_until_ready(metric_fn(ground_truth, predicted))
+  return first_call, time.perf_counter() - start
+
+
+def main(argv):
+  del argv
+  print(
+    f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+    f"{os.cpu_count()} CPU cores"
+  )
+  rows = []
+  seconds, mig_row = time_mig(FLAGS.mig_frames)
+  rows.append(
+    (
+      "MIG (4 MIs + 2 entropies)",
+      f"{FLAGS.mig_frames} frames",
+      "-",
+      seconds,
+      seconds,
+      f"{FLAGS.mig_frames / seconds:.0f} frames/s",
+    )
+  )
+  print("MIG row:", {name: round(value, 4) for name, value in mig_row.items()})
+
+  lpips_batch = FLAGS.lpips_batch_size
+  frame_metrics = [
+    ("PSNR", metrics.psnr, FLAGS.psnr_sequences),
+    ("SSIM", metrics.ssim, FLAGS.ssim_sequences),
+    (
+      "LPIPS-alex",
+      lambda a, b: metrics.lpips(a, b, net="alex", batch_size=lpips_batch),
+      FLAGS.lpips_alex_sequences,
+    ),
+    (
+      "LPIPS-vgg",
+      lambda a, b: metrics.lpips(a, b, net="vgg", batch_size=lpips_batch),
+      FLAGS.lpips_vgg_sequences,
+    ),
+  ]
+  for name, metric_fn, timed_sequences in frame_metrics:
+    timed_sequences = min(timed_sequences, FLAGS.sequences)
+    first_call, seconds = time_frame_metric(metric_fn, timed_sequences)
+    timed = -(-timed_sequences // FLAGS.batch_sequences) * FLAGS.batch_sequences
+    full = seconds * FLAGS.sequences / timed
+    label = f"{timed} seq x {FLAGS.frames} frames"
+    rows.append(
+      (
+        name,
+        label,
+        f"{first_call:.1f}",
+        seconds,
+        full,
+        f"{timed * FLAGS.frames / seconds:.0f} frames/s",
+      )
+    )
+
+  print()
+  print(
+    "| metric | timed on | first call (s) | timed (s) | full size (s)* | throughput |"
+  )
+  print("|---|---|---|---|---|---|")
+  for name, label, first_call, seconds, full, throughput in rows:
+    print(
+      f"| {name} | {label} | {first_call} | {seconds:.1f} | {full:.1f} | {throughput} |"
+    )
+  print(
+    f"\n* full size: MIG on {FLAGS.mig_frames} frames; frame metrics on "
+    f"{FLAGS.sequences} sequences x {FLAGS.frames} frames, extrapolated "
+    "linearly from the timed sequences where fewer were timed."
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)

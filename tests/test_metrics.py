@@ -1,0 +1,320 @@
+"""Tests for mipae_jax.metrics: frame metrics, k-NN MI, entropy, MIG, CIs."""
+
+import socket
+
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+from sklearn.feature_selection import mutual_info_classif
+
+from mipae_jax import metrics
+
+
+def _smooth_images(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+  """Images in [0, 1] with spatial structure (blurred noise plus a gradient)."""
+  noise = rng.uniform(size=shape)
+  blurred = (
+    noise
+    + np.roll(noise, 1, axis=-3)
+    + np.roll(noise, 1, axis=-2)
+    + np.roll(noise, (1, 1), axis=(-3, -2))
+  ) / 4.0
+  gradient = np.linspace(0.0, 1.0, shape[-2])[:, None]
+  return np.clip(0.5 * blurred + 0.5 * gradient, 0.0, 1.0).astype(np.float32)
+
+
+def _noisy(images: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
+  noisy = images + std * rng.normal(size=images.shape)
+  return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def test_psnr_is_inf_for_identical_images_and_falls_with_noise():
+  rng = np.random.default_rng(0)
+  images = _smooth_images(rng, (2, 16, 16, 3))
+  assert np.all(np.isinf(np.asarray(metrics.psnr(images, images))))
+  values = [
+    float(np.mean(metrics.psnr(images, _noisy(images, rng, std))))
+    for std in (0.01, 0.05, 0.2)
+  ]
+  assert values[0] > values[1] > values[2]
+
+
+def test_psnr_matches_its_formula_and_keeps_leading_axes():
+  a = np.zeros((2, 3, 8, 8, 3), np.float32)
+  b = np.full_like(a, 0.1)
+  values = np.asarray(metrics.psnr(a, b))
+  assert values.shape == (2, 3)
+  np.testing.assert_allclose(values, 20.0, rtol=1e-5)  # 10 log10(1 / 0.01)
+  np.testing.assert_allclose(
+    np.asarray(metrics.psnr(a, b, max_val=2.0)), 26.0206, rtol=1e-5
+  )
+
+
+def test_ssim_agrees_with_scikit_image():
+  skimage_metrics = pytest.importorskip("skimage.metrics")
+  rng = np.random.default_rng(1)
+  references = _smooth_images(rng, (4, 32, 40, 3))
+  others = np.concatenate(
+    [
+      _noisy(references[:2], rng, 0.1),
+      _smooth_images(rng, (2, 32, 40, 3)),
+    ]
+  )
+  ours = np.asarray(metrics.ssim(references, others))
+  expected = [
+    skimage_metrics.structural_similarity(
+      reference.astype(np.float64),
+      other.astype(np.float64),
+      gaussian_weights=True,
+      sigma=1.5,
+      use_sample_covariance=False,
+      data_range=1.0,
+      channel_axis=-1,
+    )
+    for reference, other in zip(references, others, strict=True)
+  ]
+  np.testing.assert_allclose(ours, expected, atol=1e-4)
+  assert np.ptp(expected) > 0.1  # the pairs span a real range of SSIM
+
+
+def test_ssim_is_one_for_identical_images_and_keeps_leading_axes():
+  images = _smooth_images(np.random.default_rng(2), (2, 3, 16, 16, 3))
+  values = np.asarray(metrics.ssim(images, images))
+  assert values.shape == (2, 3)
+  np.testing.assert_allclose(values, 1.0, atol=1e-5)
+  with pytest.raises(ValueError, match="11x11"):
+    metrics.ssim(images[..., :10, :, :], images[..., :10, :, :])
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_is_zero_for_identical_images_symmetric_and_grows_with_noise(net):
+  rng = np.random.default_rng(3)
+  images = _smooth_images(rng, (2, 64, 64, 3))
+  noise_levels = (0.02, 0.1, 0.4)
+  others = np.concatenate([_noisy(images, rng, std) for std in noise_levels])
+  repeated = np.concatenate([images] * len(noise_levels))
+  batch = np.concatenate([images, repeated])
+  forward = np.asarray(metrics.lpips(batch, np.concatenate([images, others]), net=net))
+  backward = np.asarray(
+    metrics.lpips(np.concatenate([images, others]), batch, net=net, batch_size=3)
+  )
+  assert forward.shape == (8,)
+  np.testing.assert_allclose(forward[:2], 0.0, atol=1e-6)
+  np.testing.assert_allclose(forward, backward, rtol=1e-5, atol=1e-6)
+  by_noise = forward[2:].reshape(len(noise_levels), 2)
+  assert np.all(by_noise[0] > 0.0)
+  assert np.all(np.diff(by_noise, axis=0) > 0.0)
+
+
+def test_lpips_weights_load_without_network(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+
+  monkeypatch.setattr(socket, "socket", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  metrics._lpips_model.cache_clear()
+  rng = np.random.default_rng(4)
+  images = _smooth_images(rng, (1, 32, 32, 3))
+  value = np.asarray(metrics.lpips(images, _noisy(images, rng, 0.2), net="alex"))
+  assert value.shape == (1,) and np.isfinite(value).all() and value[0] > 0.0
+
+
+def test_lpips_rejects_unknown_net_and_non_rgb_images():
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  with pytest.raises(ValueError, match="net must be"):
+    metrics.lpips(images, images, net="squeeze")
+  with pytest.raises(ValueError, match="RGB"):
+    metrics.lpips(images[..., :1], images[..., :1])
+
+
+def _labelled_1d_features(
+  rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Labels with sizes n-3, 2 and 1 (exercising k adjustment and drops)."""
+  labels = rng.integers(0, 4, n)
+  labels[:3] = [4, 4, 5]
+  features = labels + rng.normal(size=n)
+  return labels, features
+
+
+def test_mutual_information_equals_scikit_learn_on_1d_features():
+  # scikit-learn rescales the feature (MI is invariant to it) and adds noise of
+  # relative size 1e-10, which cannot reorder continuous, tie-free distances.
+  labels, features = _labelled_1d_features(np.random.default_rng(5), 600)
+  expected = mutual_info_classif(
+    features[:, None], labels, discrete_features=False, n_neighbors=3, random_state=0
+  )[0]
+  assert expected > 0.1
+  assert metrics.mutual_information(labels, features, k=3) == pytest.approx(
+    expected, abs=1e-12
+  )
+
+
+def test_mutual_information_equals_scikit_learn_on_tied_features_given_its_noise():
+  # With ties the noise matters: add exactly what scikit-learn adds (unit-std
+  # scaling, then 1e-10 * max(1, mean |x|) * N(0, 1) from RandomState(seed)).
+  labels, features = _labelled_1d_features(np.random.default_rng(6), 600)
+  tied = np.round(features, 1)
+  expected = mutual_info_classif(
+    tied[:, None], labels, discrete_features=False, n_neighbors=3, random_state=7
+  )[0]
+  scaled = tied / np.std(tied)
+  noise = np.random.RandomState(7).standard_normal(size=(tied.size, 1))[:, 0]
+  perturbed = scaled + 1e-10 * max(1.0, np.mean(np.abs(scaled))) * noise
+  assert metrics.mutual_information(labels, perturbed, k=3) == pytest.approx(
+    expected, abs=1e-12
+  )
+
+
+def _gaussian_mixture_mutual_information(mu: float) -> float:
+  """I(f; z) for f uniform on {0, 1} and z | f ~ N(+-mu, 1), by quadrature."""
+
+  def mixture_density(z: float) -> float:
+    return 0.5 * (scipy.stats.norm.pdf(z, mu) + scipy.stats.norm.pdf(z, -mu))
+
+  def integrand(z: float) -> float:
+    density = mixture_density(z)
+    return -density * np.log(density)
+
+  entropy_z, _ = scipy.integrate.quad(integrand, -mu - 12.0, mu + 12.0, limit=200)
+  return entropy_z - 0.5 * np.log(2.0 * np.pi * np.e)
+
+
+def test_mutual_information_approaches_gaussian_mixture_value():
+  rng = np.random.default_rng(8)
+  n, mu = 20000, 1.0
+  labels = rng.integers(0, 2, n)
+  codes = (2 * labels - 1) * mu + rng.normal(size=n)
+  analytic = _gaussian_mixture_mutual_information(mu)
+  assert 0.2 < analytic < np.log(2.0)
+  assert metrics.mutual_information(labels, codes) == pytest.approx(analytic, abs=0.02)
+
+
+def test_mutual_information_of_well_separated_vectors_is_log_2():
+  rng = np.random.default_rng(9)
+  n, dims = 4000, 8
+  labels = rng.integers(0, 2, n)
+  codes = 20.0 * labels[:, None] + rng.normal(size=(n, dims))
+  assert metrics.mutual_information(labels, codes) == pytest.approx(
+    np.log(2.0), abs=0.01
+  )
+
+
+def test_mutual_information_of_independent_codes_is_near_zero():
+  rng = np.random.default_rng(10)
+  labels = rng.integers(0, 5, (3000, 2))
+  codes = rng.normal(size=(3000, 6))
+  assert metrics.mutual_information(labels, codes) < 0.03
+
+
+def test_entropy_approaches_plug_in_entropy_on_large_samples():
+  rng = np.random.default_rng(11)
+  probabilities = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.05])
+  true_entropy = -np.sum(probabilities * np.log(probabilities))
+  labels = rng.choice(probabilities.size, size=200_000, p=probabilities)
+  frequencies = np.bincount(labels) / labels.size
+  plug_in = -np.sum(frequencies * np.log(frequencies))
+  assert metrics.entropy(labels) == pytest.approx(plug_in, abs=1e-4)
+  assert metrics.entropy(labels) == pytest.approx(true_entropy, abs=5e-3)
+
+
+def test_entropy_corrects_plug_in_bias_on_small_samples():
+  rng = np.random.default_rng(12)
+  num_labels, n = 50, 100
+  true_entropy = np.log(num_labels)
+  grassberger_errors, plug_in_errors = [], []
+  for _ in range(20):
+    labels = rng.integers(0, num_labels, n)
+    frequencies = np.bincount(labels)[np.bincount(labels) > 0] / n
+    plug_in_errors.append(
+      abs(-np.sum(frequencies * np.log(frequencies)) - true_entropy)
+    )
+    grassberger_errors.append(abs(metrics.entropy(labels) - true_entropy))
+  assert np.mean(grassberger_errors) < 0.5 * np.mean(plug_in_errors)
+
+
+def test_entropy_matches_grassberger_closed_form_on_counts_two_and_one():
+  # n = (2, 1): G(2) = 2 - gamma - log 2 and G(1) = -gamma - log 2, so
+  # H = log 3 - (2 G(2) + G(1)) / 3 = log 3 - 4/3 + gamma + log 2.
+  expected = np.log(3.0) - 4.0 / 3.0 + np.euler_gamma + np.log(2.0)
+  assert metrics.entropy([7, 7, 3]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_entropy_takes_rows_as_joint_labels():
+  rng = np.random.default_rng(13)
+  factors = np.stack([rng.integers(0, 4, 100_000), rng.integers(0, 5, 100_000)], 1)
+  assert metrics.entropy(factors) == pytest.approx(np.log(20.0), abs=2e-3)
+
+
+def _factor_embedding(
+  rng: np.random.Generator, labels: np.ndarray, dims: int, noise: float
+) -> np.ndarray:
+  centres = 3.0 * rng.normal(size=(labels.max() + 1, dims))
+  return centres[labels] + noise * rng.normal(size=(labels.size, dims))
+
+
+def _synthetic_factors_and_codes(n: int = 4000):
+  rng = np.random.default_rng(14)
+  content = np.stack([rng.integers(0, 3, n), rng.integers(0, 4, n)], 1)
+  pose = rng.integers(0, 10, n)
+  content_labels = 4 * content[:, 0] + content[:, 1]
+  z_c = _factor_embedding(rng, content_labels, 16, 0.1)
+  z_p = _factor_embedding(rng, pose, 5, 0.1)
+  return content, pose, z_c, z_p
+
+
+def test_mig_is_near_one_for_a_disentangled_representation():
+  content, pose, z_c, z_p = _synthetic_factors_and_codes()
+  row = metrics.mig(content, pose, z_c, z_p)
+  assert set(row) == {
+    "I(f_c,z_c)",
+    "I(f_c,z_p)",
+    "I(f_p,z_c)",
+    "I(f_p,z_p)",
+    "H(f_c)",
+    "H(f_p)",
+    "MIG",
+  }
+  assert row["H(f_c)"] == pytest.approx(np.log(12.0), abs=0.02)
+  assert row["I(f_c,z_c)"] == pytest.approx(row["H(f_c)"], abs=0.05)
+  assert row["I(f_c,z_p)"] < 0.05 and row["I(f_p,z_c)"] < 0.05
+  assert row["MIG"] > 0.95
+
+
+def test_mig_is_negative_when_codes_are_swapped():
+  content, pose, z_c, z_p = _synthetic_factors_and_codes()
+  row = metrics.mig(content, pose, z_p, z_c)
+  assert row["MIG"] < -0.9
+
+
+def test_mig_rejects_bad_input():
+  content, pose, z_c, z_p = _synthetic_factors_and_codes(200)
+  with pytest.raises(ValueError, match="number of frames"):
+    metrics.mig(content, pose[:-1], z_c, z_p)
+  with pytest.raises(ValueError, match="empty"):
+    metrics.mig(content[:0], pose[:0], z_c[:0], z_p[:0])
+  nan_codes = z_c.copy()
+  nan_codes[5, 2] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    metrics.mig(content, pose, nan_codes, z_p)
+  with pytest.raises(ValueError, match="single label"):
+    metrics.mig(content, np.zeros_like(pose), z_c, z_p)
+  with pytest.raises(ValueError, match="rows"):
+    metrics.mutual_information(pose[:-1], z_p)
+  with pytest.raises(ValueError, match="occurs once"):
+    metrics.mutual_information(np.arange(10), np.arange(10.0))
+
+
+def test_mean_and_ci95_matches_student_t_interval():
+  rng = np.random.default_rng(15)
+  values = rng.normal(loc=2.0, size=(40, 3))
+  mean, half_width = metrics.mean_and_ci95(values, axis=0)
+  assert mean.shape == half_width.shape == (3,)
+  low, high = scipy.stats.t.interval(
+    0.95, df=39, loc=values.mean(0), scale=scipy.stats.sem(values, axis=0)
+  )
+  np.testing.assert_allclose(mean - half_width, low)
+  np.testing.assert_allclose(mean + half_width, high)
+  single_mean, single_half_width = metrics.mean_and_ci95([3.0])
+  assert single_mean == 3.0 and np.isnan(single_half_width)
