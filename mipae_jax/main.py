@@ -1,5 +1,6 @@
 """Command line of mipae-jax: flags only; the work is in library functions.
 
+  python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=prepare
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=train_lstm
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
@@ -17,7 +18,10 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 flags.DEFINE_enum(
-  "mode", "train", ["train", "train_lstm", "eval"], "Stage to run in --workdir."
+  "mode",
+  "train",
+  ["prepare", "train", "train_lstm", "eval"],
+  "prepare: build the dataset; train: main network; train_lstm: stage 2; eval.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -36,7 +40,11 @@ def main(argv: list[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  if FLAGS.mode == "train":
+  if FLAGS.mode == "prepare":
+    from mipae_jax import input_pipeline
+
+    input_pipeline.prepare_dataset(config.dataset)
+  elif FLAGS.mode == "train":
     from mipae_jax import train
 
     train.train_and_evaluate(config, FLAGS.workdir)

@@ -323,27 +323,27 @@ def write_image_summaries(
 ) -> None:
   """Reconstructions and a pose/content swap grid of a few videos."""
   # Local copies: process 0 renders alone, with no cross-process collective.
-  video = np.asarray(
-    video.addressable_data(0) if isinstance(video, jax.Array) else video
-  )
+  if isinstance(video, jax.Array) and not video.is_fully_addressable:
+    video = video.addressable_data(0)
+  video = np.asarray(video)
   params, batch_stats = jax.tree.map(
     lambda x: x.addressable_data(0), (state.params, state.batch_stats)
   )
   num = min(4, video.shape[0])
   content_frames = video[:num, 0]
   pose_frames = video[0, : min(8, video.shape[1])]
-  swap = jax.jit(functools.partial(autoencoder.swap_decode, networks))
-  grid = swap(params, batch_stats, content_frames, pose_frames)
-  diagonal = swap(params, batch_stats, video[:num, -1], video[:num, -1])
-  reconstructions = np.stack(
-    [video[:num, -1] / 255.0, np.asarray(diagonal)[np.arange(num), np.arange(num)]],
-    axis=0,
+  grid = np.asarray(
+    jax.jit(functools.partial(autoencoder.swap_decode, networks))(
+      params, batch_stats, content_frames, pose_frames
+    )
   )
+  # Row 0 pairs video 0's content with its own poses: its reconstructions.
+  reconstructions = np.stack([pose_frames / 255.0, grid[0]], axis=0)
   writer.write_images(
     step,
     {
       f"{prefix}_swap_grid": visualize.swap_grid_image(
-        content_frames, pose_frames, np.asarray(grid)
+        content_frames, pose_frames, grid
       )[None],
       f"{prefix}_reconstructions": visualize.tile(reconstructions)[None],
     },

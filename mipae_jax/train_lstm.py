@@ -136,7 +136,9 @@ def _write_prediction_strip(
 ) -> None:
   """Ground truth above predicted frames for a few test-like videos."""
   num_context, horizon = config.lstm.num_context, config.lstm.num_future
-  video = np.asarray(video.addressable_data(0))[:4, : num_context + horizon]
+  if not video.is_fully_addressable:
+    video = video.addressable_data(0)
+  video = np.asarray(video)[:4, : num_context + horizon]
   local = jax.tree.map(
     lambda x: x.addressable_data(0), {"main": main, "lstm": state.params}
   )

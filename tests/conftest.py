@@ -54,3 +54,15 @@ def trained_workdir(tmp_path_factory, dsprites_data_dir):
   workdir = tmp_path_factory.mktemp("trained")
   train.train_and_evaluate(tiny_config(dsprites_data_dir), str(workdir))
   return workdir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Reuse XLA executables across tests that compile the same step."""
+  import jax
+
+  jax.config.update(
+    "jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache"))
+  )
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

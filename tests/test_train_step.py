@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import drnet_dsprites, mipae_dsprites
@@ -27,7 +28,9 @@ def test_dcgan_encoder_parameter_count_and_shapes():
   variables = enc.init(jax.random.PRNGKey(0), x, train=False)
   (code, skips), _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
   channels = [3, 64, 128, 256, 512]
-  expected = sum(_conv(4, a, b) + 2 * b for a, b in zip(channels[:-1], channels[1:], strict=True))
+  expected = sum(
+    _conv(4, a, b) + 2 * b for a, b in zip(channels[:-1], channels[1:], strict=True)
+  )
   expected += _conv(4, 512, 128) + 2 * 128
   assert _count(variables["params"]) == expected
   assert code.shape == (2, 128)
@@ -44,7 +47,9 @@ def test_dcgan_encoder_parameter_count_and_shapes():
 def test_dcgan_decoder_parameter_count_and_shapes(skip_connections):
   dec = dcgan.DCGANDecoder(3, skip_connections=skip_connections)
   skips = tuple(jnp.zeros((2, 64 // 2**i, 64 // 2**i, 32 * 2**i)) for i in range(1, 5))
-  variables = dec.init(jax.random.PRNGKey(0), jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
+  variables = dec.init(
+    jax.random.PRNGKey(0), jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False
+  )
   out = dec.apply(variables, jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
   m = 2 if skip_connections else 1
   expected = _conv(4, 133, 512) + 2 * 512
@@ -115,24 +120,44 @@ def test_steps_lower_the_reconstruction_loss():
   assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
 
+def _replicated_like(tree, mesh):
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda _: replicated, tree)
+
+
 def test_eight_device_step_equals_one_device_step():
+  """Same batch and RNG on 1 and 8 devices: same metrics and gradients.
+
+  Parameters are compared after SGD steps (lr 1, so a parameter difference is
+  a gradient difference): Adam's first update is lr * sign(g), which turns
+  float-rounding noise in near-zero gradients into differences of size lr.
+  """
   assert jax.device_count() == 8, "conftest.py sets 8 simulated CPU devices"
   config = _small(mipae_dsprites)
   batch = _video_batch(8)
+  sgd = optax.sgd(1.0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.create_mesh(devices)
-    _, state, step_fn = _setup(config, mesh)
+    networks = build_networks(config, 3)
+    state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
+    state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+    state_sharding = _replicated_like(state, mesh)
+    step_fn = train.make_train_step(networks, config, mesh, state_sharding)
     for i in range(2):
       state, metrics = step_fn(
-        state, jax.device_put(batch, sharding.batch_sharding(mesh)), jax.random.PRNGKey(i)
+        state,
+        jax.device_put(batch, sharding.batch_sharding(mesh)),
+        jax.random.PRNGKey(i),
       )
     results.append((jax.device_get(state.params), metrics.compute()))
   (params_1, metrics_1), (params_8, metrics_8) = results
   for key in metrics_1:
     np.testing.assert_allclose(metrics_1[key], metrics_8[key], rtol=1e-4, atol=1e-6)
   jax.tree.map(
-    functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-5), params_1, params_8
+    functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=2e-5),
+    params_1,
+    params_8,
   )
 
 

@@ -1,0 +1,186 @@
+"""Training-step throughput: MIPAE and DRNET main steps, the stage-2 LSTM step
+and the prediction rollout, with achieved FLOP/s against a matmul peak.
+
+  python benchmarks/train_throughput.py                       # batch 16 and 100
+  python benchmarks/train_throughput.py --batch_sizes=16 --conv_impls=fast,plain
+  python benchmarks/train_throughput.py --torch_python=/path/to/venv/bin/python
+
+Prints one Markdown table. FLOPs come from XLA's cost analysis of the
+compiled step; the peak is a 2048x2048 float32 matmul timed in the same run.
+With --torch_python (an interpreter that has torch), the PyTorch reference
+step of ../shared/bench/ref_mipae_torch.py is timed beside ours; mipae-jax
+itself never imports torch.
+"""
+
+import functools
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import drnet_dsprites, mipae_dsprites  # noqa: E402
+from mipae_jax import predict, sharding, train, train_lstm  # noqa: E402
+from mipae_jax.models.networks import build_networks  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("batch_sizes", ["16", "100"], "Global batch sizes.")
+flags.DEFINE_list("methods", ["mipae", "drnet"], "Main-network methods.")
+flags.DEFINE_list("conv_impls", ["fast"], "model.conv_impl values to time.")
+flags.DEFINE_list("dtypes", ["float32"], "model.dtype values to time.")
+flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_integer("num_frames", 15, "Frames per training video (C + T).")
+flags.DEFINE_bool("lstm", True, "Also time the stage-2 step and the rollout.")
+flags.DEFINE_string("torch_python", None, "Python with torch, for the reference.")
+
+_REF_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "shared/bench/ref_mipae_torch.py"
+
+
+def _median_seconds(fn, steps: int) -> float:
+  fn()
+  fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak_flops() -> float:
+  """FLOP/s of a 2048x2048 float32 matmul on the default device."""
+  a = jnp.ones((2048, 2048), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  seconds = _median_seconds(lambda: matmul(a).block_until_ready(), 10)
+  return 2 * 2048**3 / seconds
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0]
+  return float(analysis.get("flops", float("nan")))
+
+
+def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
+  config = (mipae_dsprites if method == "mipae" else drnet_dsprites).get_config()
+  config.batch_size = batch_size
+  config.model.conv_impl = conv_impl
+  config.model.dtype = dtype
+  mesh = sharding.create_mesh()
+  networks = build_networks(config, 3)
+  state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
+  step_fn = train.make_train_step(networks, config, mesh, state_sharding)
+  video = np.random.default_rng(0).integers(
+    0, 256, (batch_size, FLAGS.num_frames, 64, 64, 3), dtype=np.uint8
+  )
+  batch = jax.device_put({"video": video}, sharding.batch_sharding(mesh))
+  rng = jax.random.PRNGKey(0)
+  flops = _flops(step_fn.lower(state, batch, rng).compile())
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step_fn(holder[0], batch, rng)
+    jax.block_until_ready(metrics)
+
+  return _median_seconds(run, FLAGS.steps), flops
+
+
+def time_lstm(batch_size: int, horizon: int, context: int = 5):
+  """(stage-2 step seconds, its FLOPs, rollout sequences/s for `horizon`)."""
+  config = mipae_dsprites.get_config()
+  config.lstm.batch_size = batch_size
+  mesh = sharding.create_mesh()
+  networks = build_networks(config, 3)
+  main_state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
+  main = {"params": main_state.params, "batch_stats": main_state.batch_stats}
+  predictor = predict.Predictor(networks, train_lstm.build_pose_lstm(config))
+  lstm_state = train_lstm.create_lstm_state(predictor.pose_lstm, config, jax.random.PRNGKey(1))
+  video = np.random.default_rng(0).integers(
+    0, 256, (batch_size, context + horizon, 64, 64, 3), dtype=np.uint8
+  )
+  batch = jax.device_put({"video": video}, sharding.batch_sharding(mesh))
+  lstm_config = config.lstm.copy_and_resolve_references()
+  lstm_config.num_context, lstm_config.num_future = context, horizon
+  step_fn = jax.jit(functools.partial(train_lstm.lstm_train_step, predictor, lstm_config))
+  flops = _flops(step_fn.lower(main, lstm_state, batch).compile())
+  holder = [lstm_state]
+
+  def run_step():
+    holder[0], metrics, _ = step_fn(main, holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  step_seconds = _median_seconds(run_step, FLAGS.steps)
+  predict_fn = predict.make_predict_fn(predictor, mesh, horizon)
+  params = {"main": main, "lstm": lstm_state.params}
+  context_frames = jax.device_put(video[:, :context], sharding.batch_sharding(mesh))
+  rollout_seconds = _median_seconds(
+    lambda: predict_fn(params, context_frames).block_until_ready(), FLAGS.steps
+  )
+  return step_seconds, flops, batch_size / rollout_seconds
+
+
+def torch_reference(batch_size: int) -> float | None:
+  if FLAGS.torch_python is None or not _REF_SCRIPT.exists():
+    return None
+  out = subprocess.run(
+    [FLAGS.torch_python, str(_REF_SCRIPT), str(batch_size), str(FLAGS.steps)],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  match = re.search(r"median_s_per_step=([0-9.]+)", out)
+  return float(match.group(1)) if match else None
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  peak = matmul_peak_flops()
+  print(
+    f"# {jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}, "
+    f"os.cpu_count={os.cpu_count()}; matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+  )
+  print("| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for batch_size in map(int, FLAGS.batch_sizes):
+    for method in FLAGS.methods:
+      for conv_impl in FLAGS.conv_impls:
+        for dtype in FLAGS.dtypes:
+          seconds, flops = time_main_step(method, batch_size, conv_impl, dtype)
+          # Each step reads two frames of every video of the batch.
+          print(
+            f"| {method} main | {batch_size} | {conv_impl} | {dtype} | {seconds:.3f} | "
+            f"{1 / seconds:.2f} | {2 * batch_size / seconds:.0f} | {flops / seconds / 1e9:.1f} | "
+            f"{100 * flops / seconds / peak:.0f} |",
+            flush=True,
+          )
+    reference = torch_reference(batch_size)
+    if reference is not None:
+      print(f"| PyTorch reference MIPAE | {batch_size} | - | float32 | {reference:.3f} | "
+            f"{1 / reference:.2f} | {2 * batch_size / reference:.0f} | - | - |", flush=True)
+    if FLAGS.lstm:
+      for horizon in (10, 30):
+        seconds, flops, sequences = time_lstm(batch_size, horizon)
+        print(
+          f"| LSTM stage 2, 5->{horizon} | {batch_size} | - | float32 | {seconds:.3f} | "
+          f"{1 / seconds:.2f} | {batch_size * (5 + horizon) / seconds:.0f} | "
+          f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / peak:.0f} |",
+          flush=True,
+        )
+        print(f"| rollout+decode 5->{horizon} | {batch_size} | - | float32 | "
+              f"{batch_size / sequences:.3f} | - | {sequences * horizon:.0f} | - | - |"
+              f" <- {sequences:.1f} sequences/s", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
