@@ -1,6 +1,20 @@
-"""Pictures: image tiles and the pose/content swap grid (Figs. 3, 4, 6)."""
+"""Pictures: image tiles, the pose/content swap grid (Figs. 3, 4, 6),
+ground-truth / prediction strips, and per-frame metric curves (Fig. 5).
 
+Plots are drawn on matplotlib's Agg canvas directly (no pyplot, no global
+backend change), so they work on machines without a display.
+"""
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.figure
 import numpy as np
+import PIL.Image
+from etils import epath
+from matplotlib.backends import backend_agg
 
 _GREEN = np.array([0.0, 0.8, 0.0])
 _RED = np.array([0.9, 0.0, 0.0])
@@ -62,3 +76,130 @@ def swap_grid_image(
   top = np.concatenate([blank, _framed(pose_frames, _GREEN)], axis=0)
   body = np.concatenate([_framed(content_frames, _RED)[:, None], as_rgb(grid)], axis=1)
   return tile(np.concatenate([top[None], body], axis=0))
+
+
+def prediction_strips(
+  truth: np.ndarray, predicted: np.ndarray, num_context: int
+) -> np.ndarray:
+  """Ground truth above prediction for each sequence (Figs. 3c, 4c).
+
+  Args:
+    truth: ground-truth videos [N, C + T, H, W, ch] (uint8 or [0, 1]).
+    predicted: predicted frames [N, T, H, W, ch] in [0, 1].
+    num_context: C, the context frames the prediction started from.
+
+  Returns:
+    One picture with two rows per sequence: the whole ground truth, then
+    the context frames (framed green, they are the model's input) followed
+    by the T predicted frames.
+  """
+  truth = as_rgb(truth)
+  predicted = as_rgb(predicted)
+  if truth.shape[1] != num_context + predicted.shape[1] or len(truth) != len(predicted):
+    raise ValueError(
+      f"truth {truth.shape[:2]} does not hold {num_context} context frames plus "
+      f"the {predicted.shape[:2]} predicted ones."
+    )
+  context = _framed(truth[:, :num_context], _GREEN)
+  prediction_rows = np.concatenate([context, predicted], axis=1)
+  rows = np.stack([truth, prediction_rows], axis=1)
+  return tile(rows.reshape(-1, *truth.shape[1:]))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """An [H, W, 3] picture in [0, 1] (or uint8) as PNG bytes."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+  """PNG bytes as an [H, W, 3] uint8 picture."""
+  return np.asarray(PIL.Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+# Axis labels of the frame metrics of Fig. 5, and whether lower is better.
+METRIC_LABELS = {
+  "psnr": ("PSNR (dB)", False),
+  "ssim": ("SSIM", False),
+  "lpips_alex": ("LPIPS, AlexNet-lin", True),
+  "lpips_vgg": ("LPIPS, VGG-lin", True),
+}
+
+
+def run_label(run_metrics: dict[str, Any]) -> str:
+  """Legend entry of one evaluated run: method, run name, main-network step."""
+  return (
+    f"{run_metrics['method'].upper()} {run_metrics['run']} "
+    f"(step {run_metrics['main_step']})"
+  )
+
+
+def _finite(values: list[float | None]) -> np.ndarray:
+  return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def plot_curves(
+  metrics_list: Sequence[dict[str, Any]], out_dir: str | os.PathLike
+) -> list[str]:
+  """Per-frame metric curves of one or several runs, one PNG per metric (Fig. 5).
+
+  Each run's mean over test sequences is drawn against the predicted-frame
+  index with its 95 % confidence band; runs on the same dataset (name and
+  builder config) share one axis per metric.
+
+  Args:
+    metrics_list: metrics.json contents written by `evaluate.evaluate`.
+    out_dir: directory the PNGs are written to (created if needed; any
+      etils.epath location).
+
+  Returns:
+    Paths of the written PNGs, named `curves_<metric>_<dataset>_<builder>.png`.
+  """
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for run_metrics in metrics_list:
+    key = (run_metrics["dataset"], run_metrics["builder_config"])
+    groups.setdefault(key, []).append(run_metrics)
+  out_dir = epath.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for (dataset, builder_config), runs in groups.items():
+    names = [
+      n for n in METRIC_LABELS if any(n in r["frame_metrics"]["curves"] for r in runs)
+    ]
+    for name in names:
+      label, lower_is_better = METRIC_LABELS[name]
+      figure = matplotlib.figure.Figure(figsize=(5.5, 3.8), layout="constrained")
+      backend_agg.FigureCanvasAgg(figure)
+      axis = figure.add_subplot()
+      for run_metrics in runs:
+        curves = run_metrics["frame_metrics"]
+        if name not in curves["curves"]:
+          continue
+        frames = np.asarray(curves["frames"])
+        mean = _finite(curves["curves"][name]["mean"])
+        half_width = _finite(curves["curves"][name]["ci95"])
+        (line,) = axis.plot(frames, mean, marker=".", label=run_label(run_metrics))
+        axis.fill_between(
+          frames,
+          mean - half_width,
+          mean + half_width,
+          color=line.get_color(),
+          alpha=0.2,
+          linewidth=0,
+        )
+      better = "lower" if lower_is_better else "higher"
+      axis.set_title(f"{dataset}/{builder_config}: {label} ({better} is better)")
+      axis.set_xlabel("predicted frame (after the context frames)")
+      axis.set_ylabel(label)
+      axis.grid(alpha=0.3)
+      axis.legend(fontsize="small")
+      path = out_dir / f"curves_{name}_{dataset}_{builder_config}.png"
+      buffer = io.BytesIO()
+      figure.savefig(buffer, format="png", dpi=100)
+      path.write_bytes(buffer.getvalue())
+      paths.append(str(path))
+  return paths

@@ -1,0 +1,158 @@
+"""Comparison of evaluated runs: one table and overlaid per-frame curves.
+
+Each run is a workdir evaluated by `evaluate.evaluate` (DIR/eval/metrics.json).
+The table has one row per run, as Table I of the paper: method, run, dataset,
+steps, the four mutual informations, both entropies and MIG (eq. 8), then
+PSNR / SSIM / LPIPS (mean +- 95 % CI) at predicted frames 1, 10 and 30 where
+the runs have them (Fig. 5). MIG on Moving MNIST uses only the digit labels
+as content factors and is marked "partial". Command line:
+
+  python -m mipae_jax.evaluate --compare DIR1 DIR2 ... [--output OUT]
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+
+from mipae_jax import visualize
+
+TABLE_FRAMES = (1, 10, 30)
+MIG_TERMS = ("I(f_c,z_c)", "I(f_c,z_p)", "I(f_p,z_c)", "I(f_p,z_p)", "H(f_c)", "H(f_p)")
+FRAME_METRICS = {
+  "psnr": ("PSNR", 2),
+  "ssim": ("SSIM", 4),
+  "lpips_alex": ("LPIPS-alex", 4),
+  "lpips_vgg": ("LPIPS-vgg", 4),
+}
+MARKDOWN_FILE = "comparison.md"
+_MISSING = "-"
+
+
+def load_metrics(workdir: str | os.PathLike) -> dict[str, Any]:
+  """The metrics.json of an evaluated workdir, or a FileNotFoundError saying how."""
+  path = epath.Path(workdir) / "eval" / "metrics.json"
+  if not path.exists():
+    raise FileNotFoundError(
+      f"{path} does not exist: evaluate the run first with "
+      f"`python -m mipae_jax.main --mode=eval --config=... --workdir={workdir}`."
+    )
+  return json.loads(path.read_text())
+
+
+def _number(value: float | None, digits: int) -> str:
+  return _MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _frame_value(run_metrics: dict[str, Any], name: str, frame: int) -> str:
+  frame_metrics = run_metrics["frame_metrics"]
+  curve = frame_metrics["curves"].get(name)
+  if curve is None or frame not in frame_metrics["frames"]:
+    return _MISSING
+  digits = FRAME_METRICS[name][1]
+  index = frame_metrics["frames"].index(frame)
+  mean, half_width = curve["mean"][index], curve["ci95"][index]
+  if half_width is None:
+    return _number(mean, digits)
+  return f"{_number(mean, digits)} ± {half_width:.{digits}f}"
+
+
+def comparison_table(
+  metrics_list: Sequence[dict[str, Any]],
+) -> tuple[list[str], list[list[str]]]:
+  """(header, rows) of the comparison: one row per run, cells as text."""
+  frames = [
+    f
+    for f in TABLE_FRAMES
+    if any(f in m["frame_metrics"]["frames"] for m in metrics_list)
+  ]
+  names = [
+    n
+    for n in FRAME_METRICS
+    if any(n in m["frame_metrics"]["curves"] for m in metrics_list)
+  ]
+  header = [
+    "Method",
+    "Run",
+    "Dataset",
+    "Main step",
+    "LSTM step",
+    *MIG_TERMS,
+    "MIG",
+    "MIG factors",
+    *(f"{FRAME_METRICS[n][0]} @{f}" for n in names for f in frames),
+  ]
+  rows = []
+  for m in metrics_list:
+    mig = m["mig"] or {}
+    partial = mig.get("partial")
+    mig_value = _number(mig.get("MIG"), 4)
+    if partial:
+      mig_value += " (partial)"
+    factors = _MISSING if partial is None else "partial" if partial else "full"
+    rows.append(
+      [
+        m["method"],
+        m["run"],
+        f"{m['dataset']}/{m['builder_config']}",
+        str(m["main_step"]),
+        str(m["lstm_step"]),
+        *(_number(mig.get(term), 4) for term in MIG_TERMS),
+        mig_value,
+        factors,
+        *(_frame_value(m, n, f) for n in names for f in frames),
+      ]
+    )
+  return header, rows
+
+
+def comparison_table_markdown(metrics_list: Sequence[dict[str, Any]]) -> str:
+  """The comparison table in GitHub Markdown."""
+  header, rows = comparison_table(metrics_list)
+
+  def line(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+  separator = "|" + "|".join("---" for _ in header) + "|"
+  return "\n".join([line(header), separator, *(line(row) for row in rows)]) + "\n"
+
+
+def comparison_table_text(metrics_list: Sequence[dict[str, Any]]) -> str:
+  """The comparison table as aligned plain-text columns, for a terminal."""
+  header, rows = comparison_table(metrics_list)
+  widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+  def line(cells: list[str]) -> str:
+    padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+    return "  ".join(padded).rstrip()
+
+  rule = "  ".join("-" * width for width in widths)
+  return "\n".join([line(header), rule, *(line(row) for row in rows)]) + "\n"
+
+
+def default_output_dir(workdirs: Sequence[str]) -> str:
+  """COMMON_PARENT/comparison: beside the runs of a sweep, in the run for one."""
+  return os.path.join(
+    os.path.commonpath([os.path.abspath(w) for w in workdirs]), "comparison"
+  )
+
+
+def compare(workdirs: Sequence[str], output_dir: str | None = None) -> str:
+  """Writes comparison.md and the overlaid curves; returns the text to print."""
+  if not workdirs:
+    raise ValueError("Give at least one evaluated workdir to compare.")
+  metrics_list = [load_metrics(workdir) for workdir in workdirs]
+  out_dir = epath.Path(output_dir or default_output_dir(workdirs))
+  out_dir.mkdir(parents=True, exist_ok=True)
+  markdown_path = out_dir / MARKDOWN_FILE
+  markdown_path.write_text(comparison_table_markdown(metrics_list))
+  plots = visualize.plot_curves(metrics_list, out_dir)
+  return "\n".join(
+    [
+      comparison_table_text(metrics_list),
+      f"Markdown table: {markdown_path}",
+      *(f"Plot: {path}" for path in plots),
+    ]
+  )

@@ -1,0 +1,576 @@
+"""Evaluation of a trained workdir: frame metrics (Fig. 5), MIG (eq. 8,
+Table I), swap grids (Figs. 3, 4, 6) and prediction strips.
+
+  python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
+  python -m mipae_jax.evaluate --compare DIR1 DIR2 ... [--output OUT]
+
+`evaluate` restores the main network (config.eval.step, -1 latest) and the
+latest pose LSTM of a workdir, predicts num_future frames from num_context
+test frames (content never seen in training) and scores every predicted
+frame; it encodes num_mig_frames single test frames for MIG. Everything goes
+to DIR/eval: metrics.json, frame_metrics.csv, PNGs, and TensorBoard events
+(`eval_` tags). `--compare` tabulates several such workdirs (see compare.py).
+"""
+
+import argparse
+import csv
+import dataclasses
+import functools
+import io
+import json
+import math
+import operator
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from etils import epath
+from jax.experimental import multihost_utils
+
+from mipae_jax import (
+  autoencoder,
+  compare,
+  config_validation,
+  input_pipeline,
+  metrics,
+  predict,
+  sharding,
+  train,
+  train_lstm,
+  visualize,
+)
+from mipae_jax.models.networks import Networks
+
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+CSV_FILE = "frame_metrics.csv"
+LPIPS_NETS = ("alex", "vgg")
+# Rows and columns of the swap grid, sequences in the prediction strips.
+SWAP_CONTENT_ROWS = 6
+SWAP_POSE_COLUMNS = 8
+STRIP_SEQUENCES = 4
+# TensorBoard tag of each Table I term.
+MIG_TAGS = {
+  "I(f_c,z_c)": "I_fc_zc",
+  "I(f_c,z_p)": "I_fc_zp",
+  "I(f_p,z_c)": "I_fp_zc",
+  "I(f_p,z_p)": "I_fp_zp",
+  "H(f_c)": "H_fc",
+  "H(f_p)": "H_fp",
+  "MIG": "MIG",
+}
+_PROGRESS_EVERY_S = 30.0
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks the `config.eval` fields, each failure naming the field."""
+  ev = config.eval
+
+  def require(ok: bool, message: str) -> None:
+    if not ok:
+      raise ValueError(f"Bad config: {message}")
+
+  for field in ("num_context", "num_future", "batch_size"):
+    value = ev[field]
+    require(
+      isinstance(value, int) and value > 0,
+      f"config.eval.{field}={value!r} must be a positive integer.",
+    )
+  require(
+    ev.num_sequences == -1 or ev.num_sequences > 0,
+    f"config.eval.num_sequences={ev.num_sequences} must be -1 (all) or positive.",
+  )
+  require(
+    ev.num_mig_frames >= 0,
+    f"config.eval.num_mig_frames={ev.num_mig_frames} must be >= 0 (0 skips MIG).",
+  )
+  unknown = [net for net in ev.lpips_nets if net not in LPIPS_NETS]
+  require(
+    not unknown, f"config.eval.lpips_nets has {unknown}; expected some of {LPIPS_NETS}."
+  )
+  require(
+    ev.step == -1 or ev.step >= 0,
+    f"config.eval.step={ev.step} must be -1 (latest) or a checkpoint step.",
+  )
+
+
+def check_eval_data(config: ml_collections.ConfigDict, info: Any) -> int:
+  """Checks the test split against config.eval; returns the sequences to score."""
+  horizon = config.eval.num_context + config.eval.num_future
+  name = f"{config.dataset.name}/{_builder_config_name(config)}"
+  if horizon > info.seq_len:
+    raise ValueError(
+      f"Bad config: eval.num_context + eval.num_future = {horizon} frames, but the "
+      f"test videos of {name} have {info.seq_len}; lower eval.num_future."
+    )
+  if info.num_test < 1:
+    raise ValueError(f"The test split of {name} is empty: nothing to evaluate.")
+  if config.eval.num_sequences > info.num_test:
+    raise ValueError(
+      f"Bad config: eval.num_sequences={config.eval.num_sequences} exceeds the "
+      f"{info.num_test} test videos of {name}; use -1 for all of them."
+    )
+  if config.eval.num_mig_frames and not (
+    info.content_factor_names and info.pose_factor_names
+  ):
+    raise ValueError(
+      f"{name} has no known content and pose factors, so MIG (eq. 8) cannot be "
+      "computed; set config.eval.num_mig_frames=0 to skip it."
+    )
+  return info.num_test if config.eval.num_sequences == -1 else config.eval.num_sequences
+
+
+def _builder_config_name(config: ml_collections.ConfigDict) -> str:
+  builder_config = config.dataset.builder_config
+  return builder_config if isinstance(builder_config, str) else builder_config.name
+
+
+def _gather(tree: Any) -> Any:
+  """Global (possibly multi-host) arrays as whole NumPy arrays on every host."""
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _local_copy(tree: Any) -> Any:
+  """One device's copy of replicated arrays, for process-0-only rendering."""
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
+def _as_rgb(frames: jax.Array) -> jax.Array:
+  """Grey (1) or 2-channel frames as RGB for LPIPS, as visualize.as_rgb does."""
+  channels = frames.shape[-1]
+  if channels == 1:
+    return jnp.repeat(frames, 3, axis=-1)
+  if channels == 2:
+    return jnp.concatenate([frames, jnp.zeros_like(frames[..., :1])], axis=-1)
+  return frames
+
+
+def frame_scores(
+  predicted: jax.Array, truth: jax.Array, lpips_nets: Sequence[str]
+) -> dict[str, jax.Array]:
+  """PSNR, SSIM and LPIPS of each predicted frame: name -> [B, T] (Fig. 5)."""
+  predicted = predicted.astype(jnp.float32)
+  scores = {
+    "psnr": metrics.psnr(predicted, truth),
+    "ssim": metrics.ssim(predicted, truth),
+  }
+  for net in lpips_nets:
+    scores[f"lpips_{net}"] = metrics.lpips(_as_rgb(predicted), _as_rgb(truth), net=net)
+  return scores
+
+
+class _Progress:
+  """Log lines with the work done, its rate and the ETA: after the first step
+  (compilation included), then every 30 s, and at the end."""
+
+  def __init__(self, what: str, total: int, unit: str):
+    self._what, self._total, self._unit = what, total, unit
+    self._start = time.monotonic()
+    self._last = -math.inf
+
+  def update(self, done: int, detail: str = "") -> None:
+    now = time.monotonic()
+    if now - self._last < _PROGRESS_EVERY_S and done < self._total:
+      return
+    self._last = now
+    rate = done / max(now - self._start, 1e-9)
+    eta = (self._total - done) / rate if rate > 0 else math.inf
+    logging.info(
+      "%s: %d/%d %s%s, %.1f %s/s, ETA %s.",
+      self._what,
+      done,
+      self._total,
+      self._unit,
+      detail,
+      rate,
+      self._unit,
+      "unknown" if math.isinf(eta) else time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )
+
+
+@dataclasses.dataclass
+class FrameEvaluation:
+  """Per-sequence scores of the test sequences and a few videos to show."""
+
+  scores: dict[str, np.ndarray]  # name -> [N, T]
+  videos: np.ndarray  # uint8 [n, C + T, H, W, ch], the first test videos
+  predicted: np.ndarray  # [min(n, STRIP_SEQUENCES), T, H, W, ch] in [0, 1]
+
+
+def evaluate_frames(
+  predict_fn: Callable[[dict[str, Any], jax.Array], jax.Array],
+  params: dict[str, Any],
+  batches: Iterator[dict[str, jax.Array]],
+  num_sequences: int,
+  num_context: int,
+  lpips_nets: Sequence[str],
+) -> FrameEvaluation:
+  """Predicts the future of every test sequence and scores each frame."""
+  progress = _Progress("Frame metrics", num_sequences, "sequences")
+  scores: dict[str, list[np.ndarray]] = {}
+  videos = predicted_shown = None
+  done = 0
+  for batch in batches:
+    video = batch["video"]
+    predicted = predict_fn(params, video[:, :num_context])
+    truth = autoencoder.to_float_frames(video[:, num_context:])
+    batch_scores = frame_scores(predicted, truth, lpips_nets)
+    gathered = _gather({"mask": batch["mask"], **batch_scores})
+    mask = gathered["mask"]
+    for name in batch_scores:
+      scores.setdefault(name, []).append(gathered[name][mask])
+    if videos is None:
+      num_shown = min(SWAP_CONTENT_ROWS + 1, int(mask.sum()))
+      videos = _gather(video[:num_shown])
+      predicted_shown = _gather(predicted[: min(STRIP_SEQUENCES, num_shown)])
+    done += int(mask.sum())
+    num_future = truth.shape[1]
+    progress.update(done, f" ({done * num_future} frames)")
+  if done == 0:
+    raise ValueError("The test split yielded no sequence: nothing to evaluate.")
+  return FrameEvaluation(
+    {name: np.concatenate(values) for name, values in scores.items()},
+    videos,
+    predicted_shown,
+  )
+
+
+def summarize_scores(scores: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Mean and 95 % CI over sequences of each frame and of the horizon average."""
+  summary = {}
+  for name, values in scores.items():
+    mean, half_width = metrics.mean_and_ci95(values, axis=0)
+    horizon_mean, horizon_half_width = metrics.mean_and_ci95(values.mean(axis=1))
+    summary[name] = {
+      "mean": np.asarray(mean).tolist(),
+      "ci95": np.asarray(half_width).tolist(),
+      "horizon_mean": horizon_mean,
+      "horizon_ci95": horizon_half_width,
+    }
+  return summary
+
+
+def encode_frames(
+  networks: Networks,
+  main: dict[str, Any],
+  frames: np.ndarray,
+  batch_size: int,
+  mesh: jax.sharding.Mesh,
+) -> tuple[np.ndarray, np.ndarray]:
+  """z_c = E_c(x) and z_p = E_p(x) of host frames [N, H, W, C], batch by batch."""
+
+  def encode(main, batch):
+    content, _ = autoencoder.encode_content(
+      networks, main["params"], main["batch_stats"], batch
+    )
+    pose = autoencoder.encode_pose(networks, main["params"], main["batch_stats"], batch)
+    return content.astype(jnp.float32), pose.astype(jnp.float32)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  encode_fn = jax.jit(
+    encode,
+    in_shardings=(sharding.replicated(mesh), batch_sharding),
+    out_shardings=batch_sharding,
+  )
+  progress = _Progress("MIG encoding", len(frames), "frames")
+  content_codes, pose_codes = [], []
+  for start in range(0, len(frames), batch_size):
+    chunk = frames[start : start + batch_size]
+    num_valid = len(chunk)
+    chunk = np.concatenate(
+      [chunk, np.zeros((batch_size - num_valid, *chunk.shape[1:]), chunk.dtype)]
+    )
+    # Every process holds all frames: each device takes its rows.
+    batch = jax.make_array_from_callback(
+      chunk.shape, batch_sharding, functools.partial(operator.getitem, chunk)
+    )
+    content, pose = _gather(encode_fn(main, batch))
+    content_codes.append(content[:num_valid])
+    pose_codes.append(pose[:num_valid])
+    progress.update(start + num_valid)
+  return np.concatenate(content_codes), np.concatenate(pose_codes)
+
+
+def evaluate_mig(
+  config: ml_collections.ConfigDict,
+  info: Any,
+  networks: Networks,
+  main: dict[str, Any],
+  mesh: jax.sharding.Mesh,
+) -> tuple[dict[str, Any], dict[str, float]]:
+  """Table I terms of eq. 8 on num_mig_frames single test frames, and timings."""
+  start = time.monotonic()
+  data = input_pipeline.load_frames(
+    config.dataset,
+    split="test",
+    num_frames=config.eval.num_mig_frames,
+    seed=config.seed,
+  )
+  z_c, z_p = encode_frames(networks, main, data["frames"], config.eval.batch_size, mesh)
+  encoded = time.monotonic()
+  logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
+  terms = metrics.mig(data["content_factors"], data["pose_factors"], z_c, z_p)
+  result = {
+    **terms,
+    "partial": info.content_is_partial,
+    "num_frames": len(z_c),
+    "content_factor_names": list(info.content_factor_names),
+    "pose_factor_names": list(info.pose_factor_names),
+    "num_content_labels": len(np.unique(data["content_factors"], axis=0)),
+    "num_pose_labels": len(np.unique(data["pose_factors"], axis=0)),
+  }
+  timing = {
+    "mig_load_and_encode_s": encoded - start,
+    "mig_estimate_s": time.monotonic() - encoded,
+  }
+  return result, timing
+
+
+def table_row(result: dict[str, Any]) -> dict[str, Any]:
+  """The Table I row of an evaluated run (None terms when MIG was skipped)."""
+  mig = result["mig"] or {}
+  return {
+    "dataset": result["dataset"],
+    "experiment": result["method"],
+    **{term: mig.get(term) for term in MIG_TAGS},
+    "partial": mig.get("partial"),
+  }
+
+
+def _json_ready(value: Any) -> Any:
+  """Non-finite floats as None (strict JSON), NumPy scalars as Python ones."""
+  if isinstance(value, dict):
+    return {key: _json_ready(item) for key, item in value.items()}
+  if isinstance(value, list | tuple):
+    return [_json_ready(item) for item in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def frame_metrics_csv(result: dict[str, Any]) -> str:
+  """One row per predicted frame: index, then mean and CI of each metric."""
+  curves = result["frame_metrics"]["curves"]
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(
+    ["frame", *(f"{name}_{part}" for name in curves for part in ("mean", "ci95"))]
+  )
+  for i, frame in enumerate(result["frame_metrics"]["frames"]):
+    row = [frame]
+    for curve in curves.values():
+      row += [curve["mean"][i], curve["ci95"][i]]
+    writer.writerow(["" if value is None else value for value in row])
+  return buffer.getvalue()
+
+
+def scalar_summaries(result: dict[str, Any]) -> dict[str, float]:
+  """TensorBoard scalars: per-frame curves, horizon means, the MIG terms."""
+  scalars = {}
+  frames = result["frame_metrics"]["frames"]
+  for name, curve in result["frame_metrics"]["curves"].items():
+    for frame, mean in zip(frames, curve["mean"], strict=True):
+      scalars[f"eval_{name}/frame_{frame:02d}"] = mean
+    scalars[f"eval_{name}/horizon_mean"] = curve["horizon_mean"]
+  if result["mig"]:
+    group = "eval_mig_partial" if result["mig"]["partial"] else "eval_mig"
+    for term, tag in MIG_TAGS.items():
+      scalars[f"{group}/{tag}"] = result["mig"][term]
+  return {k: v for k, v in scalars.items() if v is not None}
+
+
+def _pictures(
+  networks: Networks,
+  main: dict[str, Any],
+  frames: FrameEvaluation,
+  num_context: int,
+) -> dict[str, np.ndarray]:
+  """The swap grid (Figs. 3, 4, 6) and the prediction strips, as [H, W, 3]."""
+  videos = frames.videos
+  pose_video = videos[0]
+  columns = np.linspace(0, len(pose_video) - 1, min(len(pose_video), SWAP_POSE_COLUMNS))
+  pose_frames = pose_video[np.round(columns).astype(int)]
+  # Content from the last context frame (the one prediction uses) of the
+  # other test videos; the pose video's own when it is the only one.
+  content_frames = videos[1:, num_context - 1] if len(videos) > 1 else videos[:1, 0]
+  local = _local_copy(main)
+  grid = jax.jit(functools.partial(autoencoder.swap_decode, networks))(
+    local["params"], local["batch_stats"], content_frames, pose_frames
+  )
+  shown = len(frames.predicted)
+  return {
+    "swap_grid": visualize.swap_grid_image(
+      content_frames, pose_frames, np.asarray(grid)
+    ),
+    "predictions": visualize.prediction_strips(
+      videos[:shown], frames.predicted, num_context
+    ),
+  }
+
+
+def _write_outputs(
+  result: dict[str, Any],
+  pictures: dict[str, np.ndarray],
+  workdir: str,
+) -> dict[str, str]:
+  """metrics.json, the CSV, the PNGs and TensorBoard events (process 0 only)."""
+  out_dir = epath.Path(workdir) / EVAL_DIR
+  out_dir.mkdir(parents=True, exist_ok=True)
+  files = {}
+  for name, image in pictures.items():
+    path = out_dir / f"{name}.png"
+    path.write_bytes(visualize.encode_png(image))
+    files[name] = str(path)
+  curve_paths = visualize.plot_curves([_json_ready(result)], out_dir)
+  files["curves"] = curve_paths
+  csv_path = out_dir / CSV_FILE
+  csv_path.write_text(frame_metrics_csv(_json_ready(result)))
+  files["csv"] = str(csv_path)
+
+  writer = metric_writers.create_default_writer(workdir, collection=EVAL_DIR)
+  step = result["main_step"]
+  writer.write_scalars(step, scalar_summaries(_json_ready(result)))
+  images = {f"eval_{name}": image[None] for name, image in pictures.items()}
+  for path in curve_paths:
+    name = os.path.basename(path).removesuffix(".png")
+    images[f"eval_{name}"] = visualize.decode_png(epath.Path(path).read_bytes())[None]
+  writer.write_images(step, images)
+  writer.flush()
+  writer.close()
+  return files
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the trained workdir on the test split; returns metrics.json's content.
+
+  Raises:
+    ValueError: a bad config.eval, a test split that is empty or whose videos
+      are shorter than num_context + num_future, or MIG asked of a dataset
+      without known factors.
+    checkpointing.CheckpointError: a missing or incompatible main-network or
+      pose-LSTM checkpoint.
+  """
+  started = time.monotonic()
+  config_validation.validate(config)
+  validate_eval(config)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  info = input_pipeline.dataset_info(config.dataset)
+  config_validation.check_dataset(config, info)
+  num_sequences = check_eval_data(config, info)
+  num_context, num_future = config.eval.num_context, config.eval.num_future
+
+  networks, main, main_step = train.load_main_network(
+    config, workdir, info, step=config.eval.step
+  )
+  pose_lstm, lstm_params, lstm_step = train_lstm.load_pose_lstm(config, workdir, info)
+  restored = time.monotonic()
+  logging.info(
+    "Evaluating %s: main network step %d, pose LSTM step %d, %d test sequences, "
+    "%d + %d frames.",
+    workdir,
+    main_step,
+    lstm_step,
+    num_sequences,
+    num_context,
+    num_future,
+  )
+
+  predict_fn = predict.make_predict_fn(
+    predict.Predictor(networks, pose_lstm), mesh, num_future
+  )
+  batches = input_pipeline.create_eval_iterator(
+    config.dataset,
+    split="test",
+    global_batch_size=config.eval.batch_size,
+    sharding=sharding.batch_sharding(mesh),
+    num_frames=num_context + num_future,
+    num_sequences=num_sequences,
+  )
+  frames = evaluate_frames(
+    predict_fn,
+    {"main": main, "lstm": lstm_params},
+    batches,
+    num_sequences,
+    num_context,
+    tuple(config.eval.lpips_nets),
+  )
+  scored = time.monotonic()
+  timing = {
+    "restore_s": restored - started,
+    "frame_metrics_s": scored - restored,
+    "frames_per_s": num_sequences * num_future / (scored - restored),
+  }
+  mig = None
+  if config.eval.num_mig_frames:
+    mig, mig_timing = evaluate_mig(config, info, networks, main, mesh)
+    timing.update(mig_timing)
+
+  result = {
+    "method": config.method,
+    "run": os.path.basename(os.path.normpath(workdir)),
+    "workdir": os.path.abspath(workdir),
+    "dataset": config.dataset.name,
+    "builder_config": _builder_config_name(config),
+    "main_step": main_step,
+    "lstm_step": lstm_step,
+    "num_context": num_context,
+    "num_future": num_future,
+    "frame_metrics": {
+      "num_sequences": num_sequences,
+      "frames": list(range(1, num_future + 1)),
+      "curves": summarize_scores(frames.scores),
+    },
+    "mig": mig,
+    "timing": timing,
+  }
+  result["table_i"] = table_row(result)
+  if jax.process_index() == 0:
+    pictures_start = time.monotonic()
+    pictures = _pictures(networks, main, frames, num_context)
+    result["files"] = _write_outputs(result, pictures, workdir)
+    timing["pictures_s"] = time.monotonic() - pictures_start
+  timing["total_s"] = time.monotonic() - started
+  result = _json_ready(result)
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / EVAL_DIR / METRICS_FILE).write_text(
+      json.dumps(result, indent=2) + "\n"
+    )
+  logging.info("Evaluation of %s done in %.1f s.", workdir, timing["total_s"])
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  """`--compare DIR ... [--output OUT]`: prints one table over evaluated runs."""
+  parser = argparse.ArgumentParser(
+    prog="python -m mipae_jax.evaluate",
+    description="Compare evaluated workdirs (their eval/metrics.json): one table "
+    "and overlaid per-frame curves. Evaluate a workdir with "
+    "`python -m mipae_jax.main --mode=eval`.",
+  )
+  parser.add_argument(
+    "--compare", nargs="+", required=True, metavar="DIR", help="evaluated workdirs"
+  )
+  parser.add_argument(
+    "--output",
+    default=None,
+    help="where comparison.md and the plots go (default: COMMON_PARENT/comparison)",
+  )
+  args = parser.parse_args(argv)
+  text = compare.compare(args.compare, args.output)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

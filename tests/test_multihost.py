@@ -1,0 +1,68 @@
+"""Two processes through jax.distributed on this CPU equal one process."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+from mipae_jax import checkpointing, train
+from mipae_jax.models.networks import build_networks
+
+WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+import multihost_worker  # noqa: E402
+
+
+def _run_workers(out: pathlib.Path, num_processes: int, devices_per_process: int) -> None:
+  port = portpicker.pick_unused_port()
+  procs = []
+  for process_id in range(num_processes):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
+    if num_processes > 1:
+      env.update(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(num_processes),
+        JAX_PROCESS_ID=str(process_id),
+      )
+    procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env))
+  codes = [p.wait(timeout=900) for p in procs]
+  assert codes == [0] * num_processes
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
+  two, one = tmp_path / "two", tmp_path / "one"
+  two.mkdir()
+  one.mkdir()
+  _run_workers(two, num_processes=2, devices_per_process=2)
+  _run_workers(one, num_processes=1, devices_per_process=4)
+
+  params_two, params_one = np.load(two / "params.npz"), np.load(one / "params.npz")
+  assert set(params_two) == set(params_one)
+  for key in params_one:
+    np.testing.assert_allclose(params_two[key], params_one[key], rtol=1e-3, atol=2e-5)
+
+  events = list((two / "workdir").glob("events.out.tfevents.*"))
+  assert len(events) == 1, events
+
+  # The checkpoint both processes wrote restores in this single process.
+  cfg = multihost_worker.config()
+  info = types.SimpleNamespace(height=64, width=64, channels=3)
+  checkpoints = checkpointing.Checkpointer(str(two / "workdir"), cfg, info)
+  networks = build_networks(cfg, 3)
+  abstract = jax.eval_shape(
+    lambda rng: train.create_train_state(networks, cfg, rng, (64, 64, 3)), jax.random.PRNGKey(0)
+  )
+  abstract = abstract.replace(opt_state=train.optax.sgd(1.0).init(abstract.params))
+  state, step = checkpoints.restore_trained(abstract)
+  assert step == multihost_worker.NUM_STEPS
+  restored = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+  for path, value in restored:
+    np.testing.assert_array_equal(value, params_two[jax.tree_util.keystr(path)])
