@@ -33,6 +33,6 @@ setup(
     "pillow",
   ],
   extras_require={
-    "test": ["pytest", "pytest-xdist", "scikit-image", "ruff"],
+    "test": ["pytest", "pytest-xdist", "scikit-image", "ruff", "portpicker"],
   },
 )

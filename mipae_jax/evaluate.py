@@ -473,7 +473,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   networks, main, main_step = train.load_main_network(
     config, workdir, info, step=config.eval.step
   )
-  pose_lstm, lstm_params, lstm_step = train_lstm.load_pose_lstm(config, workdir, info)
+  pose_lstm, lstm_params, lstm_step = train_lstm.load_pose_lstm(
+    config, workdir, info, main_step=main_step
+  )
   restored = time.monotonic()
   logging.info(
     "Evaluating %s: main network step %d, pose LSTM step %d, %d test sequences, "

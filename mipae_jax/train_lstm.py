@@ -57,12 +57,17 @@ def build_pose_lstm(config: ml_collections.ConfigDict) -> PoseLSTM:
   )
 
 
-def lstm_fingerprint(config: ml_collections.ConfigDict, info: Any) -> dict[str, Any]:
-  """Main-network fingerprint plus the LSTM's shape-defining fields."""
+def lstm_fingerprint(
+  config: ml_collections.ConfigDict, info: Any, main_step: int | None = None
+) -> dict[str, Any]:
+  """Main-network fingerprint, the LSTM's shape-defining fields and, when
+  given, the main-network step the LSTM was trained on."""
   fingerprint = checkpointing.experiment_fingerprint(config, info)
   fingerprint.update(
     lstm_hidden_size=config.lstm.hidden_size, lstm_num_layers=config.lstm.num_layers
   )
+  if main_step is not None:
+    fingerprint["main_step"] = main_step
   return fingerprint
 
 
@@ -174,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
     config,
     info,
     subdir="lstm_checkpoints",
-    fingerprint=lstm_fingerprint(config, info),
+    fingerprint=lstm_fingerprint(config, info, main_step),
   )
   init_fn = functools.partial(create_lstm_state, predictor.pose_lstm, config)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
@@ -247,16 +252,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
 
 
 def load_pose_lstm(
-  config: ml_collections.ConfigDict, workdir: str, info: Any, step: int = -1
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  info: Any,
+  step: int = -1,
+  main_step: int | None = None,
 ) -> tuple[PoseLSTM, Variables, int]:
-  """Restores the pose LSTM of `workdir` (latest step or `step`)."""
+  """Restores the pose LSTM of `workdir` (latest step or `step`).
+
+  With `main_step`, an LSTM trained on another main-network step is refused.
+  """
   pose_lstm = build_pose_lstm(config)
   checkpoints = checkpointing.Checkpointer(
     workdir,
     config,
     info,
     subdir="lstm_checkpoints",
-    fingerprint=lstm_fingerprint(config, info),
+    fingerprint=lstm_fingerprint(config, info, main_step),
   )
   abstract = jax.eval_shape(
     functools.partial(create_lstm_state, pose_lstm, config), jax.random.PRNGKey(0)
