@@ -23,21 +23,29 @@ def test_similarity_loss_is_mean_squared_distance_with_gradient_through_first():
 def test_reconstruction_loss_is_pixel_mse():
   x = jnp.zeros((1, 2, 2, 1))
   y = jnp.array([0.0, 1.0, 0.5, 0.5]).reshape(1, 2, 2, 1)
-  np.testing.assert_allclose(objectives.reconstruction_loss(x, y), (1 + 0.25 + 0.25) / 4)
+  np.testing.assert_allclose(
+    objectives.reconstruction_loss(x, y), (1 + 0.25 + 0.25) / 4
+  )
 
 
 def test_critic_loss_is_negated_gan_objective():
   joint = jnp.array([2.0, -1.0])
   marginal = jnp.array([0.5])
-  expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))]) + np.log1p(np.exp(0.5))
-  np.testing.assert_allclose(objectives.critic_loss(joint, marginal), expected, rtol=1e-6)
+  expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))]) + np.log1p(
+    np.exp(0.5)
+  )
+  np.testing.assert_allclose(
+    objectives.critic_loss(joint, marginal), expected, rtol=1e-6
+  )
 
 
 def test_mutual_information_bound_is_nwj_at_c_plus_one():
   joint = jnp.array([1.0, 3.0])
   marginal = jnp.array([0.0, np.log(2.0)])
   # E_joint[C] - E_marg[exp C] + 1 = 2 - 1.5 + 1
-  np.testing.assert_allclose(objectives.mutual_information_bound(joint, marginal), 1.5, rtol=1e-6)
+  np.testing.assert_allclose(
+    objectives.mutual_information_bound(joint, marginal), 1.5, rtol=1e-6
+  )
 
 
 def test_mipae_total_is_eq5():
@@ -50,10 +58,14 @@ def test_drnet_losses_are_cross_entropies():
   same = np.mean([np.log(2.0), np.log1p(np.exp(-2.0))])
   different = np.log1p(np.exp(-1.0))
   np.testing.assert_allclose(
-    objectives.scene_discriminator_loss(joint, marginal), 0.5 * (same + different), rtol=1e-6
+    objectives.scene_discriminator_loss(joint, marginal),
+    0.5 * (same + different),
+    rtol=1e-6,
   )
   # CE against 0.5 is minimal (log 2) where the discriminator outputs 0.5.
-  np.testing.assert_allclose(objectives.adversarial_pose_loss(jnp.zeros(3)), np.log(2.0), rtol=1e-6)
+  np.testing.assert_allclose(
+    objectives.adversarial_pose_loss(jnp.zeros(3)), np.log(2.0), rtol=1e-6
+  )
   assert objectives.adversarial_pose_loss(jnp.array([3.0])) > np.log(2.0)
 
 
@@ -84,7 +96,9 @@ def test_critic_estimate_approaches_analytic_mi_of_correlated_gaussians():
     x, y, y_marginal = sample(rng)
 
     def loss(p):
-      return objectives.critic_loss(critic.apply(p, x, y), critic.apply(p, x, y_marginal))
+      return objectives.critic_loss(
+        critic.apply(p, x, y), critic.apply(p, x, y_marginal)
+      )
 
     grads = jax.grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state)

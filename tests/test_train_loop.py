@@ -9,7 +9,13 @@ import pytest
 from conftest import tiny_config
 
 from configs import drnet_dsprites
-from mipae_jax import checkpointing, config_validation, input_pipeline, objectives, train
+from mipae_jax import (
+  checkpointing,
+  config_validation,
+  input_pipeline,
+  objectives,
+  train,
+)
 
 
 def _params(workdir, config):
@@ -22,10 +28,14 @@ def _assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, dsprites_data_dir, trained_workdir):
+def test_resumed_run_equals_uninterrupted_run(
+  tmp_path, dsprites_data_dir, trained_workdir
+):
   config = tiny_config(dsprites_data_dir)
   interrupted = tmp_path / "interrupted"
-  train.train_and_evaluate(tiny_config(dsprites_data_dir, num_train_steps=2), str(interrupted))
+  train.train_and_evaluate(
+    tiny_config(dsprites_data_dir, num_train_steps=2), str(interrupted)
+  )
   assert _params(interrupted, config)[1] == 2
   train.train_and_evaluate(config, str(interrupted))
   resumed, step = _params(interrupted, config)
@@ -52,16 +62,22 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, dsprites_data_dir, monke
 
     return Preempting()
 
-  monkeypatch.setattr(train.input_pipeline, "create_train_iterator", preempting_iterator)
+  monkeypatch.setattr(
+    train.input_pipeline, "create_train_iterator", preempting_iterator
+  )
   config = tiny_config(dsprites_data_dir, num_train_steps=50, checkpoint_every_steps=50)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 3
   assert _params(tmp_path, config)[1] == 3
 
 
-def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, dsprites_data_dir, monkeypatch):
+def test_nan_loss_stops_training_and_keeps_last_checkpoint(
+  tmp_path, dsprites_data_dir, monkeypatch
+):
   config = tiny_config(dsprites_data_dir)
-  train.train_and_evaluate(tiny_config(dsprites_data_dir, num_train_steps=2), str(tmp_path))
+  train.train_and_evaluate(
+    tiny_config(dsprites_data_dir, num_train_steps=2), str(tmp_path)
+  )
   before, _ = _params(tmp_path, config)
   monkeypatch.setattr(objectives, "reconstruction_loss", lambda decoded, target: np.nan)
   with pytest.raises(FloatingPointError, match="Non-finite training metrics at step"):
@@ -79,7 +95,9 @@ def test_checkpoint_of_another_experiment_is_refused_before_compiling(
 
   monkeypatch.setattr(train, "init_state", no_compile)
   wrong_pose = tiny_config(dsprites_data_dir, **{"model.pose_dim": 7})
-  with pytest.raises(checkpointing.CheckpointError, match="pose_dim: checkpoint=5 vs config=7"):
+  with pytest.raises(
+    checkpointing.CheckpointError, match="pose_dim: checkpoint=5 vs config=7"
+  ):
     train.train_and_evaluate(wrong_pose, str(trained_workdir))
   drnet = tiny_config(dsprites_data_dir, drnet_dsprites)
   with pytest.raises(checkpointing.CheckpointError, match="method: checkpoint='mipae'"):

@@ -1,0 +1,408 @@
+"""2-D convolutions that are exact twins of `nn.Conv` / `nn.ConvTranspose`.
+
+`Conv2D` and `ConvTranspose2D` own the same parameters as the flax layers
+built with the same settings (names "kernel" and "bias", shapes, dtypes and
+initialisation, drawn in the same order), so a parameter tree or a checkpoint
+made with one loads into the other. `impl` picks how the function is computed:
+
+- "plain": `lax.conv_general_dilated` / `lax.conv_transpose`, as flax does.
+- "fast": the same function rewritten into forms that XLA's CPU backend runs
+  quickly, derived from the same kernel inside the jitted function:
+  * a strided conv whose kernel size is a multiple of its stride becomes
+    space-to-depth followed by a stride-1 conv with a rearranged kernel;
+  * a transposed conv whose kernel size is a multiple of its stride becomes
+    one stride-1 conv that computes every output phase (stride**2 of them),
+    followed by depth-to-space (sub-pixel form, without the zeros that the
+    dilated input of a transposed conv multiplies);
+  * a conv or transposed conv between a 1x1 map and a map of the kernel's size
+    becomes a matrix product.
+  Stride-1 convs inside these forms run as one matrix product over patches
+  (im2col). Other configurations fall back to "plain".
+
+Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
+See docs/performance.md for the measurements behind these choices.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ConvImpl = Literal["plain", "fast"]
+PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+_IMPLS = ("plain", "fast")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+  """An int or a length-2 sequence as a pair of ints."""
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(value)
+  if len(value) != 2:
+    raise ValueError(f"{name} must be an int or 2 ints, got {value}.")
+  return value
+
+
+def _padding_pairs(padding: PaddingLike) -> Pads | None:
+  """Explicit (low, high) pads from an int or sequence; None for strings."""
+  if isinstance(padding, str):
+    return None
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  padding = tuple(padding)
+  if len(padding) != 2:
+    raise ValueError(f"padding needs one entry per spatial dim, got {padding}.")
+  return tuple(
+    (p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding
+  )
+
+
+def conv_pads(
+  padding: PaddingLike,
+  spatial_shape: Sequence[int],
+  kernel_size: Sequence[int],
+  strides: Sequence[int],
+) -> Pads:
+  """The explicit pads `lax.conv_general_dilated` applies for `padding`."""
+  pairs = _padding_pairs(padding)
+  if pairs is not None:
+    return pairs
+  if padding.upper() not in ("SAME", "VALID"):
+    raise ValueError(f"Unsupported padding {padding!r}: use SAME, VALID or pads.")
+  return tuple(
+    tuple(p) for p in lax.padtype_to_pads(spatial_shape, kernel_size, strides, padding)
+  )
+
+
+def conv_transpose_pads(
+  padding: PaddingLike, kernel_size: Sequence[int], strides: Sequence[int]
+) -> Pads:
+  """The explicit pads `lax.conv_transpose` applies for `padding`.
+
+  These pad the stride-dilated input before a stride-1 correlation with the
+  (unflipped) kernel, so the output size is (n - 1) * s + lo + hi - k + 2.
+  PyTorch's ConvTranspose2d(k, s, p) is lo = hi = k - 1 - p (with the kernel
+  flipped): for k=4, s=2, p=1 that is ((2, 2), (2, 2)), which is also what
+  "SAME" gives here; output size 2n.
+  """
+  pairs = _padding_pairs(padding)
+  if pairs is not None:
+    return pairs
+  mode = padding.upper()
+  if mode not in ("SAME", "VALID"):
+    raise ValueError(f"Unsupported padding {padding!r}: use SAME, VALID or pads.")
+  pads = []
+  for k, s in zip(kernel_size, strides, strict=True):
+    if mode == "SAME":
+      total = k + s - 2
+      low = k - 1 if s > k - 1 else -(-total // 2)
+    else:
+      total = k + s - 2 + max(k - s, 0)
+      low = k - 1
+    pads.append((low, total - low))
+  return tuple(pads)
+
+
+def space_to_depth(x: jax.Array, block: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H/block, W/block, block*block*C], channels (p, q, c)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // block, block, w // block, block, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x: jax.Array, block: int) -> jax.Array:
+  """Inverse of `space_to_depth`."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, block, block, c // (block * block))
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * block, w * block, c // (block * block))
+
+
+def _conv_plain(
+  x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads
+) -> jax.Array:
+  return lax.conv_general_dilated(
+    x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS
+  )
+
+
+def _conv_transpose_plain(
+  x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads
+) -> jax.Array:
+  return lax.conv_transpose(
+    x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS
+  )
+
+
+def _valid_conv_stride1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 VALID conv as one matrix product over shifted windows (im2col)."""
+  b, h, w, c = x.shape
+  kh, kw, _, out = kernel.shape
+  oh, ow = h - kh + 1, w - kw + 1
+  if (kh, kw) == (1, 1):
+    patches = x
+  else:
+    patches = jnp.concatenate(
+      [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)],
+      axis=-1,
+    )
+  y = patches.reshape(b * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, out)
+  return y.reshape(b, oh, ow, out)
+
+
+def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """Zero-pads H and W by (low, high); negative amounts crop."""
+  zero = jnp.zeros((), x.dtype)
+  return lax.pad(x, zero, ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def _conv_space_to_depth(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+) -> jax.Array:
+  """Stride-s conv (kernel size a multiple of s) as space-to-depth + stride 1.
+
+  Output pixel m reads padded rows s*m + s*a + p for kernel row s*a + p: row
+  block m + a of the space-to-depth input at depth offset p.
+  """
+  kh, kw, c, out = kernel.shape
+  taps_h, taps_w = kh // stride, kw // stride
+  sizes = []
+  for n, (lo, hi), k in zip(x.shape[1:3], pads, (kh, kw), strict=True):
+    out_size = (n + lo + hi - k) // stride + 1
+    sizes.append((lo, stride * (out_size - 1) + k - n - lo))
+  z = space_to_depth(_pad_or_crop(x, sizes), stride)
+  kernel = kernel.reshape(taps_h, stride, taps_w, stride, c, out)
+  kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
+  kernel = kernel.reshape(taps_h, taps_w, stride * stride * c, out)
+  return _valid_conv_stride1(z, kernel)
+
+
+def _phase_geometry(
+  n: int, k: int, s: int, pad: tuple[int, int]
+) -> tuple[int, list[int], list[int], int]:
+  """Per-phase kernel offsets and input shifts of a 1-D transposed conv.
+
+  With the input dilated by s and padded by (lo, hi), output s*m + r is
+  sum_a x[m + a + shift_r] * kernel[s*a + offset_r], a < k / s. Returns the
+  output size, offsets, shifts and the number of outputs per phase.
+  """
+  lo, hi = pad
+  out_size = (n - 1) * s + lo + hi - k + 2
+  offsets = [(lo - r) % s for r in range(s)]
+  shifts = [(r + d - lo) // s for r, d in enumerate(offsets)]
+  return out_size, offsets, shifts, -(-out_size // s)
+
+
+def _conv_transpose_phases(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+) -> jax.Array:
+  """Stride-s transposed conv (kernel size a multiple of s), sub-pixel form.
+
+  All stride**2 output phases come from one stride-1 conv with a (k/s)x(k/s)
+  kernel and stride**2 * features outputs, over the input padded so that every
+  phase's window fits; each phase is then read at its shift and the phases are
+  interleaved (depth-to-space). No multiply touches a dilation zero.
+  """
+  kh, kw, c, out = kernel.shape
+  geometry = [
+    _phase_geometry(n, k, stride, pad)
+    for n, k, pad in zip(x.shape[1:3], (kh, kw), pads, strict=True)
+  ]
+  window_pads, starts = [], []
+  for n, k, (_, _, shifts, per_phase) in zip(
+    x.shape[1:3], (kh, kw), geometry, strict=True
+  ):
+    first = min(shifts)
+    joint = per_phase + max(shifts) - first
+    window_pads.append((-first, joint + k // stride - 1 - n + first))
+    starts.append([shift - first for shift in shifts])
+  (out_h, offsets_h, _, rows), (out_w, offsets_w, _, cols) = geometry
+  phase_kernels = [
+    kernel[dh::stride, dw::stride] for dh in offsets_h for dw in offsets_w
+  ]
+  joint_kernel = jnp.concatenate(phase_kernels, axis=-1)
+  y = _valid_conv_stride1(_pad_or_crop(x, window_pads), joint_kernel)
+  phases = [
+    y[
+      :,
+      starts[0][r] : starts[0][r] + rows,
+      starts[1][q] : starts[1][q] + cols,
+      (r * stride + q) * out : (r * stride + q + 1) * out,
+    ]
+    for r in range(stride)
+    for q in range(stride)
+  ]
+  y = jnp.stack(phases, axis=3).reshape(x.shape[0], rows, cols, stride, stride, out)
+  y = y.transpose(0, 1, 3, 2, 4, 5).reshape(
+    x.shape[0], rows * stride, cols * stride, out
+  )
+  return y[:, :out_h, :out_w, :]
+
+
+def conv2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: tuple[int, int],
+  pads: Pads,
+  impl: ConvImpl = "fast",
+) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, strides, pads)` in NHWC / HWIO."""
+  if impl not in _IMPLS:
+    raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+  kh, kw = kernel.shape[:2]
+  unpadded = all(p == (0, 0) for p in pads)
+  if impl == "fast" and unpadded and x.shape[1:3] == (kh, kw):
+    b = x.shape[0]
+    y = x.reshape(b, -1) @ kernel.reshape(-1, kernel.shape[-1])
+    return y.reshape(b, 1, 1, -1)
+  stride = strides[0]
+  if (
+    impl == "fast"
+    and strides[1] == stride > 1
+    and kh % stride == 0
+    and kw % stride == 0
+  ):
+    return _conv_space_to_depth(x, kernel, stride, pads)
+  return _conv_plain(x, kernel, strides, pads)
+
+
+def conv_transpose2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: tuple[int, int],
+  pads: Pads,
+  impl: ConvImpl = "fast",
+) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, strides, pads)` in NHWC / HWIO."""
+  if impl not in _IMPLS:
+    raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+  kh, kw, c, out = kernel.shape
+  if (
+    impl == "fast" and x.shape[1:3] == (1, 1) and pads == ((kh - 1,) * 2, (kw - 1,) * 2)
+  ):
+    # One input pixel: output pixel (i, j) is x @ kernel[kh-1-i, kw-1-j].
+    b = x.shape[0]
+    flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c, kh * kw * out)
+    return (x.reshape(b, c) @ flipped).reshape(b, kh, kw, out)
+  stride = strides[0]
+  if (
+    impl == "fast"
+    and strides[1] == stride > 1
+    and kh % stride == 0
+    and kw % stride == 0
+  ):
+    return _conv_transpose_phases(x, kernel, stride, pads)
+  return _conv_transpose_plain(x, kernel, strides, pads)
+
+
+class Conv2D(nn.Module):
+  """`nn.Conv` for NHWC inputs, with a choice of computation (`impl`).
+
+  Attributes:
+    features: output channels.
+    kernel_size: int or (kh, kw).
+    strides: int or (sh, sw).
+    padding: "SAME", "VALID", an int, or ((lo, hi), (lo, hi)) as in nn.Conv.
+    use_bias: add a bias.
+    dtype: computation dtype (default: promoted from inputs and parameters).
+    param_dtype: parameter dtype.
+    kernel_init: kernel initializer (nn.Conv's default).
+    bias_init: bias initializer (nn.Conv's default).
+    impl: "plain" (lax conv) or "fast" (exact reformulation, see module doc).
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: ConvImpl = "fast"
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the convolution to [B, H, W, C] inputs."""
+    kernel_size = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    kernel = self.param(
+      "kernel",
+      self.kernel_init,
+      (*kernel_size, inputs.shape[-1], self.features),
+      self.param_dtype,
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    inputs, kernel, bias = nn.dtypes.promote_dtype(
+      inputs, kernel, bias, dtype=self.dtype
+    )
+    pads = conv_pads(self.padding, inputs.shape[1:3], kernel_size, strides)
+    y = conv2d(inputs, kernel, strides, pads, self.impl)
+    return y if bias is None else y + bias
+
+
+class ConvTranspose2D(nn.Module):
+  """`nn.ConvTranspose` (transpose_kernel=False) for NHWC inputs.
+
+  Padding follows `lax.conv_transpose`, not PyTorch: PyTorch's
+  ConvTranspose2d(4, stride=2, padding=1) (output 2n) is padding ((2, 2),
+  (2, 2)) or "SAME" here, with the kernel flipped; see `conv_transpose_pads`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: int or (kh, kw).
+    strides: int or (sh, sw).
+    padding: "SAME", "VALID", an int, or ((lo, hi), (lo, hi)).
+    use_bias: add a bias.
+    dtype: computation dtype (default: promoted from inputs and parameters).
+    param_dtype: parameter dtype.
+    kernel_init: kernel initializer (nn.ConvTranspose's default).
+    bias_init: bias initializer (nn.ConvTranspose's default).
+    impl: "plain" (lax.conv_transpose) or "fast" (see module doc).
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: ConvImpl = "fast"
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the transposed convolution to [B, H, W, C] inputs."""
+    kernel_size = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    kernel = self.param(
+      "kernel",
+      self.kernel_init,
+      (*kernel_size, inputs.shape[-1], self.features),
+      self.param_dtype,
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    inputs, kernel, bias = nn.dtypes.promote_dtype(
+      inputs, kernel, bias, dtype=self.dtype
+    )
+    pads = conv_transpose_pads(self.padding, kernel_size, strides)
+    y = conv_transpose2d(inputs, kernel, strides, pads, self.impl)
+    return y if bias is None else y + bias

@@ -1,0 +1,201 @@
+"""Conv2D / ConvTranspose2D: twins of nn.Conv / nn.ConvTranspose, fast == plain."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mipae_jax.models import layers
+
+_STRIDED = dict(kernel_size=(4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+_VALID = dict(kernel_size=(4, 4), padding="VALID")
+_UP_STRIDED = dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
+
+# (layer, flax twin, input shape, features, settings): every conv of the
+# DCGAN 64x64 encoder / decoder, with 1- and 3-channel images and the
+# decoder's U-Net inputs (skips double the input channels).
+_DCGAN_LAYERS = {
+  "enc1_gray": (layers.Conv2D, nn.Conv, (2, 64, 64, 1), 64, _STRIDED),
+  "enc1_rgb": (layers.Conv2D, nn.Conv, (2, 64, 64, 3), 64, _STRIDED),
+  "enc2": (layers.Conv2D, nn.Conv, (2, 32, 32, 64), 128, _STRIDED),
+  "enc3": (layers.Conv2D, nn.Conv, (2, 16, 16, 128), 256, _STRIDED),
+  "enc4": (layers.Conv2D, nn.Conv, (2, 8, 8, 256), 512, _STRIDED),
+  "enc5": (layers.Conv2D, nn.Conv, (2, 4, 4, 512), 128, _VALID),
+  "dec1": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 1, 1, 133), 512, _VALID),
+  "dec2": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 4, 4, 512), 256, _UP_STRIDED),
+  "dec2_skip": (
+    layers.ConvTranspose2D,
+    nn.ConvTranspose,
+    (2, 4, 4, 1024),
+    256,
+    _UP_STRIDED,
+  ),
+  "dec3": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 8, 8, 256), 128, _UP_STRIDED),
+  "dec4": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 16, 16, 128), 64, _UP_STRIDED),
+  "dec5_gray": (
+    layers.ConvTranspose2D,
+    nn.ConvTranspose,
+    (2, 32, 32, 64),
+    1,
+    _UP_STRIDED,
+  ),
+  "dec5_rgb_skip": (
+    layers.ConvTranspose2D,
+    nn.ConvTranspose,
+    (2, 32, 32, 128),
+    3,
+    _UP_STRIDED,
+  ),
+}
+
+
+def _normal(shape, seed, dtype=jnp.float32):
+  return jnp.asarray(np.random.RandomState(seed).randn(*shape), dtype)
+
+
+def _assert_close(actual, expected, rtol):
+  """Max abs error within rtol times the expected array's largest entry."""
+  actual = np.asarray(actual, np.float32)
+  expected = np.asarray(expected, np.float32)
+  assert actual.shape == expected.shape
+  scale = max(float(np.max(np.abs(expected))), 1e-30)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+def _output_and_grads(module, variables, x, cotangent):
+  """Output and d<output, cotangent> w.r.t. params and input, jitted."""
+
+  def inner(params, x):
+    y = module.apply({"params": params}, x)
+    return jnp.vdot(y.astype(jnp.float32), cotangent), y
+
+  (_, y), grads = jax.jit(jax.value_and_grad(inner, argnums=(0, 1), has_aux=True))(
+    variables["params"], x
+  )
+  return y, grads
+
+
+@pytest.mark.parametrize("name", sorted(_DCGAN_LAYERS))
+def test_params_are_those_of_the_flax_layer(name):
+  ours, twin, shape, features, settings = _DCGAN_LAYERS[name]
+  x = jnp.zeros(shape)
+  expected = twin(features, **settings).init(jax.random.key(3), x)
+  for impl in ("plain", "fast"):
+    got = ours(features, impl=impl, **settings).init(jax.random.key(3), x)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+@pytest.mark.parametrize("name", sorted(_DCGAN_LAYERS))
+def test_fast_equals_plain_in_output_and_gradients(name):
+  ours, twin, shape, features, settings = _DCGAN_LAYERS[name]
+  x = _normal(shape, seed=0)
+  variables = twin(features, **settings).init(jax.random.key(1), x)
+  # A non-zero bias, so its gradient path is exercised too.
+  variables = jax.tree.map(lambda v: v + 0.1, variables)
+  flax_y = twin(features, **settings).apply(variables, x)
+  cotangent = _normal(flax_y.shape, seed=1)
+  plain_y, plain_grads = _output_and_grads(
+    ours(features, impl="plain", **settings), variables, x, cotangent
+  )
+  fast_y, fast_grads = _output_and_grads(
+    ours(features, impl="fast", **settings), variables, x, cotangent
+  )
+  np.testing.assert_array_equal(plain_y, flax_y)
+  _assert_close(fast_y, plain_y, rtol=1e-5)
+  jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)
+
+
+@pytest.mark.parametrize("name", ["enc2", "enc5", "dec1", "dec3", "dec5_rgb_skip"])
+def test_fast_equals_plain_in_bfloat16(name):
+  ours, _, shape, features, settings = _DCGAN_LAYERS[name]
+  x = _normal(shape, seed=0, dtype=jnp.bfloat16)
+  outputs = {}
+  for impl in ("plain", "fast"):
+    module = ours(features, impl=impl, dtype=jnp.bfloat16, **settings)
+    variables = module.init(jax.random.key(1), x)
+    y = jax.jit(module.apply)(variables, x)
+    assert y.dtype == jnp.bfloat16
+    outputs[impl] = y
+  # bfloat16 keeps 8 bits of mantissa; sums of hundreds of terms differ in
+  # rounding order between the two forms.
+  _assert_close(outputs["fast"], outputs["plain"], rtol=3e-2)
+
+
+@pytest.mark.parametrize(
+  "kernel_size, strides, padding, spatial",
+  [
+    ((4, 4), (2, 2), "SAME", 9),
+    ((4, 4), (2, 2), "VALID", 9),
+    ((6, 4), (3, 2), ((2, 1), (0, 3)), 7),
+    ((2, 2), (2, 2), ((0, 0), (1, 1)), 5),
+    ((3, 3), (1, 1), "SAME", 5),
+    ((5, 5), (5, 5), "VALID", 5),
+  ],
+)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fast_equals_flax_beyond_the_dcgan_settings(
+  kernel_size, strides, padding, spatial, transposed
+):
+  ours, twin = (
+    (layers.ConvTranspose2D, nn.ConvTranspose)
+    if transposed
+    else (layers.Conv2D, nn.Conv)
+  )
+  settings = dict(kernel_size=kernel_size, strides=strides, padding=padding)
+  x = _normal((2, spatial, spatial + 1, 3), seed=0)
+  variables = twin(4, **settings).init(jax.random.key(1), x)
+  expected = twin(4, **settings).apply(variables, x)
+  cotangent = _normal(expected.shape, seed=1)
+  fast_y, fast_grads = _output_and_grads(
+    ours(4, impl="fast", **settings), variables, x, cotangent
+  )
+  _, plain_grads = _output_and_grads(
+    ours(4, impl="plain", **settings), variables, x, cotangent
+  )
+  _assert_close(fast_y, expected, rtol=1e-5)
+  jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)
+
+
+@pytest.mark.parametrize("name", ["enc1_rgb", "enc5", "dec1", "dec4"])
+def test_fast_form_has_no_strided_or_dilated_convolution(name):
+  """The slow XLA CPU cases (strided / input-dilated convs) are gone."""
+  ours, _, shape, features, settings = _DCGAN_LAYERS[name]
+  module = ours(features, impl="fast", **settings)
+  x = jnp.zeros(shape)
+  variables = module.init(jax.random.key(0), x)
+
+  def loss(params, x):
+    return jnp.sum(module.apply({"params": params}, x) ** 2)
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+  convs = [
+    eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"
+  ]
+  for eqn in convs:
+    assert set(eqn.params["window_strides"]) == {1}
+    assert set(eqn.params["lhs_dilation"]) == {1}
+
+
+def test_conv_transpose_pads_give_pytorch_output_size():
+  assert layers.conv_transpose_pads("SAME", (4, 4), (2, 2)) == ((2, 2), (2, 2))
+  assert layers.conv_transpose_pads("VALID", (4, 4), (1, 1)) == ((3, 3), (3, 3))
+  module = layers.ConvTranspose2D(5, **_UP_STRIDED)
+  x = jnp.zeros((1, 8, 8, 2))
+  y = module.apply(module.init(jax.random.key(0), x), x)
+  assert y.shape == (1, 16, 16, 5)
+
+
+def test_space_to_depth_inverts_depth_to_space():
+  x = _normal((2, 6, 4, 3), seed=0)
+  z = layers.space_to_depth(x, 2)
+  assert z.shape == (2, 3, 2, 12)
+  np.testing.assert_array_equal(z[0, 1, 1, 3:6], x[0, 2, 3])
+  np.testing.assert_array_equal(layers.depth_to_space(z, 2), x)
+
+
+def test_unknown_impl_is_rejected():
+  module = layers.Conv2D(4, kernel_size=(3, 3), impl="fastest")
+  with pytest.raises(ValueError, match="impl"):
+    module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
