@@ -42,7 +42,9 @@ flags.DEFINE_integer("num_frames", 15, "Frames per training video (C + T).")
 flags.DEFINE_bool("lstm", True, "Also time the stage-2 step and the rollout.")
 flags.DEFINE_string("torch_python", None, "Python with torch, for the reference.")
 
-_REF_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "shared/bench/ref_mipae_torch.py"
+_REF_SCRIPT = (
+  pathlib.Path(__file__).resolve().parents[2] / "shared/bench/ref_mipae_torch.py"
+)
 
 
 def _median_seconds(fn, steps: int) -> float:
@@ -104,14 +106,18 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   main_state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
   main = {"params": main_state.params, "batch_stats": main_state.batch_stats}
   predictor = predict.Predictor(networks, train_lstm.build_pose_lstm(config))
-  lstm_state = train_lstm.create_lstm_state(predictor.pose_lstm, config, jax.random.PRNGKey(1))
+  lstm_state = train_lstm.create_lstm_state(
+    predictor.pose_lstm, config, jax.random.PRNGKey(1)
+  )
   video = np.random.default_rng(0).integers(
     0, 256, (batch_size, context + horizon, 64, 64, 3), dtype=np.uint8
   )
   batch = jax.device_put({"video": video}, sharding.batch_sharding(mesh))
   lstm_config = config.lstm.copy_and_resolve_references()
   lstm_config.num_context, lstm_config.num_future = context, horizon
-  step_fn = jax.jit(functools.partial(train_lstm.lstm_train_step, predictor, lstm_config))
+  step_fn = jax.jit(
+    functools.partial(train_lstm.lstm_train_step, predictor, lstm_config)
+  )
   flops = _flops(step_fn.lower(main, lstm_state, batch).compile())
   holder = [lstm_state]
 
@@ -150,7 +156,9 @@ def main(argv):
     f"# {jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}, "
     f"os.cpu_count={os.cpu_count()}; matmul peak {peak / 1e9:.1f} GFLOP/s\n"
   )
-  print("| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |")
+  print(
+    "| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for batch_size in map(int, FLAGS.batch_sizes):
     for method in FLAGS.methods:
@@ -166,8 +174,11 @@ def main(argv):
           )
     reference = torch_reference(batch_size)
     if reference is not None:
-      print(f"| PyTorch reference MIPAE | {batch_size} | - | float32 | {reference:.3f} | "
-            f"{1 / reference:.2f} | {2 * batch_size / reference:.0f} | - | - |", flush=True)
+      print(
+        f"| PyTorch reference MIPAE | {batch_size} | - | float32 | {reference:.3f} | "
+        f"{1 / reference:.2f} | {2 * batch_size / reference:.0f} | - | - |",
+        flush=True,
+      )
     if FLAGS.lstm:
       for horizon in (10, 30):
         seconds, flops, sequences = time_lstm(batch_size, horizon)
@@ -177,9 +188,12 @@ def main(argv):
           f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / peak:.0f} |",
           flush=True,
         )
-        print(f"| rollout+decode 5->{horizon} | {batch_size} | - | float32 | "
-              f"{batch_size / sequences:.3f} | - | {sequences * horizon:.0f} | - | - |"
-              f" <- {sequences:.1f} sequences/s", flush=True)
+        print(
+          f"| rollout+decode 5->{horizon} | {batch_size} | - | float32 | "
+          f"{batch_size / sequences:.3f} | - | {sequences * horizon:.0f} | - | - |"
+          f" <- {sequences:.1f} sequences/s",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

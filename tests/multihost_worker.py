@@ -28,7 +28,8 @@ GLOBAL_BATCH = 8
 def global_batches() -> list[np.ndarray]:
   rng = np.random.default_rng(0)
   return [
-    rng.integers(0, 256, (GLOBAL_BATCH, 4, 64, 64, 3), dtype=np.uint8) for _ in range(NUM_STEPS)
+    rng.integers(0, 256, (GLOBAL_BATCH, 4, 64, 64, 3), dtype=np.uint8)
+    for _ in range(NUM_STEPS)
   ]
 
 

@@ -24,13 +24,6 @@ _DCGAN_LAYERS = {
   "enc5": (layers.Conv2D, nn.Conv, (2, 4, 4, 512), 128, _VALID),
   "dec1": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 1, 1, 133), 512, _VALID),
   "dec2": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 4, 4, 512), 256, _UP_STRIDED),
-  "dec2_skip": (
-    layers.ConvTranspose2D,
-    nn.ConvTranspose,
-    (2, 4, 4, 1024),
-    256,
-    _UP_STRIDED,
-  ),
   "dec3": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 8, 8, 256), 128, _UP_STRIDED),
   "dec4": (layers.ConvTranspose2D, nn.ConvTranspose, (2, 16, 16, 128), 64, _UP_STRIDED),
   "dec5_gray": (
@@ -80,9 +73,9 @@ def _output_and_grads(module, variables, x, cotangent):
 def test_params_are_those_of_the_flax_layer(name):
   ours, twin, shape, features, settings = _DCGAN_LAYERS[name]
   x = jnp.zeros(shape)
-  expected = twin(features, **settings).init(jax.random.key(3), x)
+  expected = jax.jit(twin(features, **settings).init)(jax.random.key(3), x)
   for impl in ("plain", "fast"):
-    got = ours(features, impl=impl, **settings).init(jax.random.key(3), x)
+    got = jax.jit(ours(features, impl=impl, **settings).init)(jax.random.key(3), x)
     assert jax.tree.structure(got) == jax.tree.structure(expected)
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
@@ -127,7 +120,6 @@ def test_fast_equals_plain_in_bfloat16(name):
   "kernel_size, strides, padding, spatial",
   [
     ((4, 4), (2, 2), "SAME", 9),
-    ((4, 4), (2, 2), "VALID", 9),
     ((6, 4), (3, 2), ((2, 1), (0, 3)), 7),
     ((2, 2), (2, 2), ((0, 0), (1, 1)), 5),
     ((3, 3), (1, 1), "SAME", 5),

@@ -19,7 +19,9 @@ sys.path.insert(0, str(WORKER.parent))
 import multihost_worker  # noqa: E402
 
 
-def _run_workers(out: pathlib.Path, num_processes: int, devices_per_process: int) -> None:
+def _run_workers(
+  out: pathlib.Path, num_processes: int, devices_per_process: int
+) -> None:
   port = portpicker.pick_unused_port()
   procs = []
   for process_id in range(num_processes):
@@ -58,7 +60,8 @@ def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
   checkpoints = checkpointing.Checkpointer(str(two / "workdir"), cfg, info)
   networks = build_networks(cfg, 3)
   abstract = jax.eval_shape(
-    lambda rng: train.create_train_state(networks, cfg, rng, (64, 64, 3)), jax.random.PRNGKey(0)
+    lambda rng: train.create_train_state(networks, cfg, rng, (64, 64, 3)),
+    jax.random.PRNGKey(0),
   )
   abstract = abstract.replace(opt_state=train.optax.sgd(1.0).init(abstract.params))
   state, step = checkpoints.restore_trained(abstract)

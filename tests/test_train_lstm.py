@@ -166,5 +166,7 @@ def test_horizon_below_one_is_refused(lstm_workdir, dsprites_data_dir):
 def test_lstm_of_another_main_network_step_is_refused(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  with pytest.raises(checkpointing.CheckpointError, match="main_step: checkpoint=4 vs config=2"):
+  with pytest.raises(
+    checkpointing.CheckpointError, match="main_step: checkpoint=4 vs config=2"
+  ):
     train_lstm.load_pose_lstm(config, str(lstm_workdir), info, main_step=2)
