@@ -23,9 +23,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # TFDS BuilderConfig of that dataset (see mipae_jax/datasets/).
   config.dataset.builder_config = "fixed"
   # Where TFDS keeps prepared data; None means TFDS's default directory.
-  config.dataset.data_dir = None
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
   # Directory holding source files (MNIST idx, dSprites / MPI3D .npz).
-  config.dataset.manual_dir = None
+  config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)
   # Build the dataset on first use when it is not prepared yet.
   config.dataset.prepare = True
   # Frames of each training video the main network samples x^t, x^{t+k}

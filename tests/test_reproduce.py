@@ -1,0 +1,209 @@
+"""The one-command MIPAE vs DRNET reproduction, end to end at the tiny scale."""
+
+import json
+import re
+import shutil
+import time
+
+import pytest
+
+from mipae_jax import evaluate, reproduce, train, train_lstm
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, dsprites_data_dir):
+  """Both methods reproduced once at the tiny scale: (workdir, report path)."""
+  workdir = tmp_path_factory.mktemp("reproduce") / "run"
+  report = reproduce.reproduce(
+    "moving_dsprites", "tiny", str(workdir), data_dir=str(dsprites_data_dir)
+  )
+  return workdir, report
+
+
+def _table_rows(report: str, heading: str) -> list[list[str]]:
+  """Cells of the first Markdown table after `heading`, header excluded."""
+  section = report.split(heading, 1)[1].splitlines()
+  start = next(i for i, line in enumerate(section) if line.startswith("|"))
+  lines = []
+  for line in section[start:]:
+    if not line.startswith("|"):
+      break
+    lines.append(line)
+  return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def _metrics(workdir, method: str) -> dict:
+  return json.loads((workdir / method / "eval" / "metrics.json").read_text())
+
+
+def _record_stages(monkeypatch) -> list[str]:
+  """Wraps every stage with a recorder; returns the list of stages called."""
+  calls = []
+
+  def recorder(name, function):
+    def record(config, workdir):
+      calls.append(f"{config.method}/{name}")
+      return function(config, workdir)
+
+    return record
+
+  monkeypatch.setattr(
+    train, "train_and_evaluate", recorder("main", train.train_and_evaluate)
+  )
+  monkeypatch.setattr(
+    train_lstm, "train_and_evaluate", recorder("lstm", train_lstm.train_and_evaluate)
+  )
+  monkeypatch.setattr(evaluate, "evaluate", recorder("eval", evaluate.evaluate))
+  return calls
+
+
+def test_report_table_i_holds_each_methods_measured_mig(reproduced):
+  workdir, report_path = reproduced
+  report = open(report_path).read()
+  rows = {row[0]: row for row in _table_rows(report, "## Table I")}
+  for method in ("mipae", "drnet"):
+    mig = _metrics(workdir, method)["mig"]
+    row = rows[f"{method.upper()} (this run, step 4)"]
+    for column, term in enumerate(reproduce.TABLE_I_TERMS, start=1):
+      assert float(row[column]) == pytest.approx(mig[term], abs=6e-5)
+    paper = rows[f"{method.upper()} (paper)"]
+    assert float(paper[-1]) == reproduce.PAPER_TABLE_I["moving_dsprites"][method]["MIG"]
+
+
+def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduced):
+  workdir, report_path = reproduced
+  report = open(report_path).read()
+  rows = {row[0]: row for row in _table_rows(report, "## Prediction quality")}
+  assert set(rows) == {"mipae", "drnet"}
+  for method in ("mipae", "drnet"):
+    curves = _metrics(workdir, method)["frame_metrics"]["curves"]
+    psnr = float(rows[method][3].split(" ± ")[0])
+    assert psnr == pytest.approx(curves["psnr"]["mean"][0], abs=6e-3)
+  mig = {m: _metrics(workdir, m)["mig"]["MIG"] for m in ("mipae", "drnet")}
+  winner = "MIPAE" if mig["mipae"] > mig["drnet"] else "DRNET"
+  match = re.search(r"- MIG: MIPAE (\S+), DRNET (\S+); (\w+) is better", report)
+  assert match is not None
+  assert float(match[1].rstrip(",")) == pytest.approx(mig["mipae"], rel=1e-3)
+  assert float(match[2].rstrip(";")) == pytest.approx(mig["drnet"], rel=1e-3)
+  assert match[3] == winner
+  assert "LPIPS-alex at frame 3:" in report
+
+
+def test_report_images_exist_beside_it(reproduced):
+  workdir, report_path = reproduced
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", open(report_path).read())
+  names = {link.rsplit("/", 1)[-1] for link in links}
+  assert {
+    "mipae_swap_grid.png",
+    "drnet_swap_grid.png",
+    "mipae_predictions.png",
+    "drnet_predictions.png",
+  } <= names
+  assert any(name.startswith("curves_lpips_alex") for name in names)
+  for link in links:
+    assert (workdir / link).read_bytes().startswith(b"\x89PNG")
+
+
+def test_wall_time_of_every_stage_is_measured_and_stored(reproduced):
+  workdir, report_path = reproduced
+  timings = json.loads((workdir / reproduce.TIMINGS_FILE).read_text())
+  for method in ("mipae", "drnet"):
+    for stage in reproduce.STAGES:
+      (segment,) = timings[method][stage]
+      assert segment["seconds"] > 0
+    assert timings[method]["main"][0]["to_step"] == 4
+  rows = _table_rows(open(report_path).read(), "## Wall time")
+  stage_rows = [row for row in rows if row[0] in ("mipae", "drnet")]
+  assert len(stage_rows) == 6
+  assert all(re.fullmatch(r"\d+:\d\d:\d\d", row[2]) for row in stage_rows)
+
+
+def test_report_states_settings_and_commands(reproduced):
+  workdir, report_path = reproduced
+  report = open(report_path).read()
+  settings = dict(row[:2] for row in _table_rows(report, "## Settings"))
+  assert settings["main network: steps x batch"] == "4 x 8"
+  assert settings["scale"] == "tiny"
+  assert "| `eval.lpips_nets` | ('alex', 'vgg') | ('alex',) |" in report
+  assert (
+    "python -m mipae_jax.reproduce --dataset=moving_dsprites --scale=tiny" in report
+  )
+  assert f"--workdir={workdir}/drnet --mode=train_lstm" in report
+
+
+def test_second_call_skips_every_stage(reproduced, dsprites_data_dir, monkeypatch):
+  workdir, report_path = reproduced
+  timings_before = (workdir / reproduce.TIMINGS_FILE).read_text()
+  calls = _record_stages(monkeypatch)
+  started = time.monotonic()
+  again = reproduce.reproduce(
+    "moving_dsprites", "tiny", str(workdir), data_dir=str(dsprites_data_dir)
+  )
+  assert calls == []
+  assert time.monotonic() - started < 30
+  assert again == report_path
+  assert (workdir / reproduce.TIMINGS_FILE).read_text() == timings_before
+
+
+def test_interrupted_run_resumes_each_stage_where_it_stopped(
+  reproduced, dsprites_data_dir, tmp_path, monkeypatch
+):
+  workdir, _ = reproduced
+  resumed = tmp_path / "run"
+  shutil.copytree(workdir, resumed)
+  # DRNET's main network back at its step-2 checkpoint (its LSTM stays
+  # complete so that the test stays short); its old evaluation is then stale.
+  shutil.rmtree(resumed / "drnet" / "checkpoints" / "4")
+  stale = (resumed / "drnet" / "eval" / "metrics.json").stat().st_mtime_ns
+  (resumed / reproduce.REPORT_FILE).unlink()
+  calls = _record_stages(monkeypatch)
+  report_path = reproduce.reproduce(
+    "moving_dsprites", "tiny", str(resumed), data_dir=str(dsprites_data_dir)
+  )
+  assert calls == ["drnet/main", "drnet/eval"]
+  timings = json.loads((resumed / reproduce.TIMINGS_FILE).read_text())
+  last_main = timings["drnet"]["main"][-1]
+  assert (last_main["from_step"], last_main["to_step"]) == (2, 4)
+  assert len(timings["mipae"]["main"]) == 1
+  assert (resumed / "drnet" / "eval" / "metrics.json").stat().st_mtime_ns > stale
+  report = open(report_path).read()
+  assert "Not evaluated yet" not in report
+  assert "DRNET (this run, step 4)" in report
+
+
+def test_comparison_sentences_follow_the_numbers():
+  def run(mig, lpips_last):
+    curve = {"mean": [0.5, lpips_last], "ci95": [0.01, 0.01], "horizon_mean": 0.5}
+    return {
+      "num_future": 2,
+      "mig": {term: mig for term in reproduce.TABLE_I_TERMS} | {"partial": False},
+      "frame_metrics": {"frames": [1, 2], "curves": {"lpips_alex": curve}},
+    }
+
+  better = reproduce.comparison_sentences(
+    "moving_dsprites", {"mipae": run(0.9, 0.1), "drnet": run(0.8, 0.3)}
+  )
+  worse = reproduce.comparison_sentences(
+    "moving_dsprites", {"mipae": run(0.7, 0.4), "drnet": run(0.8, 0.3)}
+  )
+  mig_better = next(s for s in better if s.startswith("MIG:"))
+  assert "MIPAE is better" in mig_better and "agrees" in mig_better
+  mig_worse = next(s for s in worse if s.startswith("MIG:"))
+  assert "DRNET is better" in mig_worse and "does not agree" in mig_worse
+  assert "intervals do not overlap" in next(
+    s for s in better if s.startswith("LPIPS-alex at frame 2")
+  )
+  assert "MIPAE is better on 2 of 2" in better[-1]
+  assert "DRNET on 2" in worse[-1]
+
+
+def test_reduced_scale_keeps_architecture_loss_and_data():
+  reduced = reproduce.build_config("moving_dsprites", "mipae", "reduced")
+  paper = reproduce.paper_config("moving_dsprites", "mipae")
+  changed = reproduce.changed_fields(reduced, paper)
+  assert changed["num_train_steps"][1] < paper.num_train_steps
+  for field in changed:
+    assert not field.startswith(("model.", "loss.", "dataset.", "seed"))
+    assert field not in ("learning_rate", "adam_b1", "adam_b2", "method")
+  drnet = reproduce.build_config("moving_dsprites", "drnet", "reduced")
+  assert reproduce.changed_fields(drnet, reduced) == {"method": ("mipae", "drnet")}
