@@ -169,3 +169,25 @@ def test_frame_pairs_are_offset_by_at_least_one_frame():
     t, tk = np.asarray(x_t[:, 0, 0, 0]) % 5, np.asarray(x_tk[:, 0, 0, 0]) % 5
     assert np.all(tk > t) and np.all(tk <= 4)
     assert np.all(np.asarray(x_t[:, 0, 0, 0]) // 5 == np.arange(4))
+
+
+@pytest.mark.slow
+def test_bfloat16_training_tracks_float32():
+  """bfloat16 activations (float32 params): finite, within 5 % of float32."""
+  batch = _video_batch(8)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = _small(mipae_dsprites)
+    config.model.dtype = dtype
+    _, state, step_fn = _setup(config, mesh)
+    for i in range(3):
+      state, metrics = step_fn(state, batch, jax.random.PRNGKey(i))
+    losses[dtype] = metrics.compute()
+    leaves = jax.tree.leaves(state.params)
+    assert all(leaf.dtype == np.float32 for leaf in leaves)
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+  for key in ("recon_loss", "loss"):
+    np.testing.assert_allclose(
+      losses["bfloat16"][key], losses["float32"][key], rtol=0.05
+    )
