@@ -20,7 +20,7 @@ made with one loads into the other. `impl` picks how the function is computed:
   (im2col). Other configurations fall back to "plain".
 
 Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
-See docs/performance.md for the measurements behind these choices.
+README.md ("Performance") and benchmarks/layer_throughput.py give the measurements.
 """
 
 from collections.abc import Sequence
