@@ -16,8 +16,9 @@ made with one loads into the other. `impl` picks how the function is computed:
     dilated input of a transposed conv multiplies);
   * a conv or transposed conv between a 1x1 map and a map of the kernel's size
     becomes a matrix product.
-  Stride-1 convs inside these forms run as one matrix product over patches
-  (im2col). Other configurations fall back to "plain".
+  Stride-1 convs inside these forms run as matrix products over shifted
+  windows (im2col, or one product per kernel tap when the output is thin).
+  Other configurations fall back to "plain".
 
 Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
 README.md ("Performance") and benchmarks/layer_throughput.py give the measurements.
@@ -142,19 +143,26 @@ def _conv_transpose_plain(
 
 
 def _valid_conv_stride1(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 VALID conv as one matrix product over shifted windows (im2col)."""
+  """Stride-1 VALID conv as matrix products over shifted windows.
+
+  Usually one product over the windows concatenated on the channel axis
+  (im2col, K = kh*kw*C). When the output is much thinner than the input (the
+  decoder's last layer: 12 outputs from 64 channels) the patch matrix costs
+  more to write and read than the product itself, so each window is
+  multiplied by its own kernel tap and the products are summed.
+  """
   b, h, w, c = x.shape
   kh, kw, _, out = kernel.shape
   oh, ow = h - kh + 1, w - kw + 1
-  if (kh, kw) == (1, 1):
-    patches = x
-  else:
-    patches = jnp.concatenate(
-      [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)],
-      axis=-1,
+  windows = [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)]
+  if 4 * out <= c:
+    taps = kernel.reshape(kh * kw, c, out)
+    return sum(
+      (window.reshape(-1, c) @ tap).reshape(b, oh, ow, out)
+      for window, tap in zip(windows, taps, strict=True)
     )
-  y = patches.reshape(b * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, out)
-  return y.reshape(b, oh, ow, out)
+  patches = jnp.concatenate(windows, axis=-1).reshape(b * oh * ow, kh * kw * c)
+  return (patches @ kernel.reshape(kh * kw * c, out)).reshape(b, oh, ow, out)
 
 
 def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
