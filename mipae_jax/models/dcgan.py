@@ -16,21 +16,6 @@ from mipae_jax.models import initializers, layers
 _BLOCK_FEATURES = (64, 128, 256, 512)
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm as in PyTorch's defaults (momentum 0.1, eps 1e-5), DCGAN init.
-
-  Under jit over a batch sharded on the mesh, the statistics are global.
-  """
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=0.9,
-    epsilon=1e-5,
-    dtype=dtype,
-    scale_init=initializers.batchnorm_scale_init,
-    name=name,
-  )
-
-
 class DCGANEncoder(nn.Module):
   """Four 4x4/stride-2 conv blocks (64..512), a 4x4 valid conv, BN, tanh.
 
@@ -59,7 +44,7 @@ class DCGANEncoder(nn.Module):
         impl=self.conv_impl,
         name=f"conv{i}",
       )(h)
-      h = batch_norm(train, self.dtype, f"bn{i}")(h)
+      h = layers.batch_norm(train, self.dtype, f"bn{i}")(h)
       h = nn.leaky_relu(h, 0.2)
       skips.append(h)
     h = layers.Conv2D(
@@ -71,7 +56,7 @@ class DCGANEncoder(nn.Module):
       impl=self.conv_impl,
       name=f"conv{len(_BLOCK_FEATURES) + 1}",
     )(h)
-    h = batch_norm(train, self.dtype, f"bn{len(_BLOCK_FEATURES) + 1}")(h)
+    h = layers.batch_norm(train, self.dtype, f"bn{len(_BLOCK_FEATURES) + 1}")(h)
     code = jnp.tanh(h).reshape(h.shape[0], self.latent_dim)
     return code, tuple(skips)
 
@@ -111,7 +96,7 @@ class DCGANDecoder(nn.Module):
       impl=self.conv_impl,
       name="upconv1",
     )(h)
-    h = nn.leaky_relu(batch_norm(train, self.dtype, "bn1")(h), 0.2)
+    h = nn.leaky_relu(layers.batch_norm(train, self.dtype, "bn1")(h), 0.2)
     out_features = (*reversed(_BLOCK_FEATURES[:-1]), self.out_channels)
     for i, features in enumerate(out_features, start=2):
       if self.skip_connections:
@@ -128,5 +113,5 @@ class DCGANDecoder(nn.Module):
         name=f"upconv{i}",
       )(h)
       if i <= len(_BLOCK_FEATURES):
-        h = nn.leaky_relu(batch_norm(train, self.dtype, f"bn{i}")(h), 0.2)
+        h = nn.leaky_relu(layers.batch_norm(train, self.dtype, f"bn{i}")(h), 0.2)
     return nn.sigmoid(h.astype(jnp.float32))

@@ -25,12 +25,14 @@ README.md ("Performance") and benchmarks/layer_throughput.py give the measuremen
 """
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mipae_jax.models import initializers
 
 ConvImpl = Literal["plain", "fast"]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
@@ -414,3 +416,19 @@ class ConvTranspose2D(nn.Module):
     pads = conv_transpose_pads(self.padding, kernel_size, strides)
     y = conv_transpose2d(inputs, kernel, strides, pads, self.impl)
     return y if bias is None else y + bias
+
+
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  """BatchNorm as PyTorch's defaults (momentum 0.1, eps 1e-5), DCGAN init.
+
+  No axis_name: under jit over a batch sharded on the mesh the statistics are
+  already global.
+  """
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    scale_init=initializers.batchnorm_scale_init,
+    name=name,
+  )

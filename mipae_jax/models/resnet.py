@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mipae_jax.models import initializers
+from mipae_jax.models import initializers, layers
 
 IMAGE_SIZE = 64
 STAGE_FEATURES = (64, 128, 256, 512)
@@ -23,22 +23,6 @@ BLOCKS_PER_STAGE = 2
 # Spatial size left after the last stage on 64x64 input; the head conv is
 # valid over all of it.
 FINAL_SPATIAL = 3
-
-
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """PyTorch-default BatchNorm (momentum 0.1, eps 1e-5) with DCGAN init.
-
-  No axis_name: under jit over a batch sharded on the mesh the statistics are
-  already global.
-  """
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=0.9,
-    epsilon=1e-5,
-    dtype=dtype,
-    scale_init=initializers.batchnorm_scale_init,
-    name=name,
-  )
 
 
 def _conv(
@@ -70,15 +54,15 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     h = _conv(self.features, 3, self.strides, 1, self.dtype, "conv1")(x)
-    h = nn.relu(_batch_norm(train, self.dtype, "bn1")(h))
+    h = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(h))
     h = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(h)
-    h = _batch_norm(train, self.dtype, "bn2")(h)
+    h = layers.batch_norm(train, self.dtype, "bn2")(h)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = _conv(
         self.features, 1, self.strides, 0, self.dtype, "projection_conv"
       )(x)
-      shortcut = _batch_norm(train, self.dtype, "projection_bn")(shortcut)
+      shortcut = layers.batch_norm(train, self.dtype, "projection_bn")(shortcut)
     return nn.relu(h + shortcut)
 
 
@@ -96,7 +80,7 @@ class ResNetPoseEncoder(nn.Module):
         f"got shape {x.shape}."
       )
     h = _conv(STAGE_FEATURES[0], 5, 2, 3, self.dtype, "stem_conv")(x.astype(self.dtype))
-    h = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(h))
+    h = nn.relu(layers.batch_norm(train, self.dtype, "stem_bn")(h))
     h = nn.max_pool(h, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, features in enumerate(STAGE_FEATURES, start=1):
       for block in range(1, BLOCKS_PER_STAGE + 1):
@@ -105,5 +89,5 @@ class ResNetPoseEncoder(nn.Module):
           features, strides, dtype=self.dtype, name=f"stage{stage}_block{block}"
         )(h, train)
     h = _conv(self.pose_dim, FINAL_SPATIAL, 1, 0, self.dtype, "head_conv")(h)
-    h = _batch_norm(train, self.dtype, "head_bn")(h)
+    h = layers.batch_norm(train, self.dtype, "head_bn")(h)
     return jnp.tanh(h).reshape(h.shape[0], self.pose_dim)

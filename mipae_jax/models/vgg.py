@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mipae_jax.models import initializers
+from mipae_jax.models import initializers, layers
 
 IMAGE_SIZE = 64
 # Output channels of the 3x3 conv blocks of each encoder stage (64 .. 8 px).
@@ -23,22 +23,6 @@ ENCODER_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512))
 # its last block narrows to the width of the next stage. A final 3x3 conv to
 # the image channels follows the last stage.
 DECODER_STAGES = ((512, 512, 256), (256, 256, 128), (128, 64), (64,))
-
-
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """PyTorch-default BatchNorm (momentum 0.1, eps 1e-5) with DCGAN init.
-
-  No axis_name: under jit over a batch sharded on the mesh the statistics are
-  already global.
-  """
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=0.9,
-    epsilon=1e-5,
-    dtype=dtype,
-    scale_init=initializers.batchnorm_scale_init,
-    name=name,
-  )
 
 
 def _upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
@@ -64,7 +48,7 @@ class VGGBlock(nn.Module):
       dtype=self.dtype,
       name="conv",
     )(x)
-    x = _batch_norm(train, self.dtype, "bn")(x)
+    x = layers.batch_norm(train, self.dtype, "bn")(x)
     return nn.leaky_relu(x, 0.2)
 
 
@@ -106,7 +90,7 @@ class VGGContentEncoder(nn.Module):
       dtype=self.dtype,
       name="head_conv",
     )(h)
-    h = _batch_norm(train, self.dtype, "head_bn")(h)
+    h = layers.batch_norm(train, self.dtype, "head_bn")(h)
     code = jnp.tanh(h).reshape(h.shape[0], self.content_dim)
     return code, tuple(skips)
 
@@ -147,7 +131,7 @@ class VGGDecoder(nn.Module):
       dtype=self.dtype,
       name="input_upconv",
     )(h[:, None, None, :])
-    h = nn.leaky_relu(_batch_norm(train, self.dtype, "input_bn")(h), 0.2)
+    h = nn.leaky_relu(layers.batch_norm(train, self.dtype, "input_bn")(h), 0.2)
     for stage, widths in enumerate(DECODER_STAGES, start=1):
       h = _upsample_nearest(h)
       if self.skip_connections:
