@@ -125,40 +125,62 @@ def _replicated_like(tree, mesh):
   return jax.tree.map(lambda _: replicated, tree)
 
 
-def test_eight_device_step_equals_one_device_step():
-  """Same batch and RNG on 1 and 8 devices: same metrics and gradients.
+def _sgd_steps(config, devices, num_steps=2):
+  """Params and metrics after `num_steps` SGD (lr 1) steps on a fixed batch.
 
-  Parameters are compared after SGD steps (lr 1, so a parameter difference is
-  a gradient difference): Adam's first update is lr * sign(g), which turns
-  float-rounding noise in near-zero gradients into differences of size lr.
+  With lr 1 a parameter difference is a gradient difference. (Adam's first
+  update is lr * sign(g), which turns float-rounding noise in near-zero
+  gradients into differences of size lr.)
   """
-  assert jax.device_count() == 8, "conftest.py sets 8 simulated CPU devices"
-  config = _small(mipae_dsprites)
   batch = _video_batch(8)
   sgd = optax.sgd(1.0)
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    mesh = sharding.create_mesh(devices)
-    networks = build_networks(config, 3)
-    state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
-    state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
-    state_sharding = _replicated_like(state, mesh)
-    step_fn = train.make_train_step(networks, config, mesh, state_sharding)
-    for i in range(2):
-      state, metrics = step_fn(
-        state,
-        jax.device_put(batch, sharding.batch_sharding(mesh)),
-        jax.random.PRNGKey(i),
-      )
-    results.append((jax.device_get(state.params), metrics.compute()))
-  (params_1, metrics_1), (params_8, metrics_8) = results
-  for key in metrics_1:
-    np.testing.assert_allclose(metrics_1[key], metrics_8[key], rtol=1e-4, atol=1e-6)
+  mesh = sharding.create_mesh(devices)
+  networks = build_networks(config, 3)
+  state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
+  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  state_sharding = _replicated_like(state, mesh)
+  step_fn = train.make_train_step(networks, config, mesh, state_sharding)
+  for i in range(num_steps):
+    state, metrics = step_fn(
+      state,
+      jax.device_put(batch, sharding.batch_sharding(mesh)),
+      jax.random.PRNGKey(i),
+    )
+  return jax.device_get(state.params), metrics.compute()
+
+
+def _assert_same_step(result, expected):
+  (params, metrics), (expected_params, expected_metrics) = result, expected
+  assert set(metrics) == set(expected_metrics)
+  for key in metrics:
+    np.testing.assert_allclose(
+      metrics[key], expected_metrics[key], rtol=1e-4, atol=1e-6
+    )
   jax.tree.map(
     functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=2e-5),
-    params_1,
-    params_8,
+    params,
+    expected_params,
   )
+
+
+def test_eight_device_step_equals_one_device_step():
+  """Same batch and RNG on 1 and 8 devices: same metrics and gradients."""
+  assert jax.device_count() == 8, "conftest.py sets 8 simulated CPU devices"
+  config = _small(mipae_dsprites)
+  _assert_same_step(
+    _sgd_steps(config, jax.devices()), _sgd_steps(config, jax.devices()[:1])
+  )
+
+
+@pytest.mark.parametrize("config_module", [mipae_dsprites, drnet_dsprites])
+def test_fast_and_plain_convs_give_the_same_losses_and_gradients(config_module):
+  """model.conv_impl changes how the convolutions run, not what they compute."""
+  results = {}
+  for conv_impl in ("fast", "plain"):
+    config = _small(config_module)
+    config.model.conv_impl = conv_impl
+    results[conv_impl] = _sgd_steps(config, jax.devices()[:1])
+  _assert_same_step(results["fast"], results["plain"])
 
 
 def test_frame_pairs_are_offset_by_at_least_one_frame():

@@ -24,7 +24,7 @@ Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
 README.md ("Performance") and benchmarks/layer_throughput.py give the measurements.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -40,6 +40,11 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _IMPLS = ("plain", "fast")
+# Inputs with fewer channels (images) take the all-im2col strided-conv form.
+_THIN_CHANNELS = 8
+# Largest im2col patch matrix worth writing: beyond it a stride-1 `lax` conv
+# is faster (XLA CPU; glibc also maps buffers past 32 MiB afresh each call).
+IM2COL_MAX_BYTES = 32 * 2**20
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -144,25 +149,19 @@ def _conv_transpose_plain(
   )
 
 
-def _valid_conv_stride1(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 VALID conv as matrix products over shifted windows.
+def _valid_conv_lax(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 VALID conv, one `lax` convolution."""
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
+  )
 
-  Usually one product over the windows concatenated on the channel axis
-  (im2col, K = kh*kw*C). When the output is much thinner than the input (the
-  decoder's last layer: 12 outputs from 64 channels) the patch matrix costs
-  more to write and read than the product itself, so each window is
-  multiplied by its own kernel tap and the products are summed.
-  """
+
+def _valid_conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 VALID conv as one matrix product over shifted windows (im2col)."""
   b, h, w, c = x.shape
   kh, kw, _, out = kernel.shape
   oh, ow = h - kh + 1, w - kw + 1
   windows = [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)]
-  if 4 * out <= c:
-    taps = kernel.reshape(kh * kw, c, out)
-    return sum(
-      (window.reshape(-1, c) @ tap).reshape(b, oh, ow, out)
-      for window, tap in zip(windows, taps, strict=True)
-    )
   patches = jnp.concatenate(windows, axis=-1).reshape(b * oh * ow, kh * kw * c)
   return (patches @ kernel.reshape(kh * kw * c, out)).reshape(b, oh, ow, out)
 
@@ -174,7 +173,11 @@ def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
 
 
 def _conv_space_to_depth(
-  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: int,
+  pads: Pads,
+  valid_conv: Callable[[jax.Array, jax.Array], jax.Array],
 ) -> jax.Array:
   """Stride-s conv (kernel size a multiple of s) as space-to-depth + stride 1.
 
@@ -191,7 +194,7 @@ def _conv_space_to_depth(
   kernel = kernel.reshape(taps_h, stride, taps_w, stride, c, out)
   kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
   kernel = kernel.reshape(taps_h, taps_w, stride * stride * c, out)
-  return _valid_conv_stride1(z, kernel)
+  return valid_conv(z, kernel)
 
 
 def _phase_geometry(
@@ -238,7 +241,7 @@ def _conv_transpose_phases(
     kernel[dh::stride, dw::stride] for dh in offsets_h for dw in offsets_w
   ]
   joint_kernel = jnp.concatenate(phase_kernels, axis=-1)
-  y = _valid_conv_stride1(_pad_or_crop(x, window_pads), joint_kernel)
+  y = _valid_conv_lax(_pad_or_crop(x, window_pads), joint_kernel)
   phases = [
     y[
       :,
@@ -254,6 +257,135 @@ def _conv_transpose_phases(
     x.shape[0], rows * stride, cols * stride, out
   )
   return y[:, :out_h, :out_w, :]
+
+
+def _adjoint_pads(pads: Pads, kernel_size: Sequence[int]) -> Pads | None:
+  """Pads of the strided conv that is the adjoint of a transposed conv.
+
+  `lax.conv_transpose(x, W, s, (lo, hi))` is, as a function of x, the adjoint
+  of the stride-s conv with kernel W flipped and in/out swapped and pads
+  (k - 1 - lo, k - 1 - hi). None when those would be negative.
+  """
+  adjoint = tuple(
+    (k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(pads, kernel_size, strict=True)
+  )
+  return adjoint if min(min(pair) for pair in adjoint) >= 0 else None
+
+
+def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
+  """HWIO kernel flipped in space with input and output channels swapped."""
+  return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _with_gradient_forms(
+  forward: Callable[[jax.Array, jax.Array], jax.Array],
+  input_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+  kernel_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The bilinear `forward(x, kernel)` with its cotangents computed elsewhere.
+
+  `input_grad(x, kernel, dy)` and `kernel_grad(x, kernel, dy)` must be the
+  exact cotangents of `forward`, typically those of another form of the same
+  function: each of the three products then runs in the form that XLA
+  computes fastest.
+  """
+
+  @jax.custom_vjp
+  def bilinear(x, kernel):
+    return forward(x, kernel)
+
+  def bilinear_fwd(x, kernel):
+    return forward(x, kernel), (x, kernel)
+
+  def bilinear_bwd(residuals, dy):
+    x, kernel = residuals
+    return input_grad(x, kernel, dy), kernel_grad(x, kernel, dy)
+
+  bilinear.defvjp(bilinear_fwd, bilinear_bwd)
+  return bilinear
+
+
+def _input_grad_of(form: Callable[[jax.Array, jax.Array], jax.Array]):
+  """(x, kernel, dy) -> d<form(x, kernel), dy>/dx: `form`'s transpose in x."""
+
+  def input_grad(x, kernel, dy):
+    transpose = jax.linear_transpose(lambda inputs: form(inputs, kernel), x)
+    return transpose(dy)[0]
+
+  return input_grad
+
+
+def _kernel_grad_of(form: Callable[[jax.Array, jax.Array], jax.Array]):
+  """(x, kernel, dy) -> d<form(x, kernel), dy>/dkernel: its transpose in kernel."""
+
+  def kernel_grad(x, kernel, dy):
+    transpose = jax.linear_transpose(lambda weights: form(x, weights), kernel)
+    return transpose(dy)[0]
+
+  return kernel_grad
+
+
+def _strided_conv_fast(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+) -> jax.Array:
+  """Strided conv whose three products each run in their fastest exact form.
+
+  Thin inputs (the image layer): space-to-depth + im2col matrix product for
+  everything. Otherwise the forward and the kernel gradient are `lax`'s
+  strided conv, and the input gradient is that of space-to-depth + stride-1
+  conv (the plain one dilates the output gradient): as im2col when its patch
+  matrix is small, else as a `lax` stride-1 conv.
+  """
+  if x.shape[-1] < _THIN_CHANNELS:
+    return _conv_space_to_depth(x, kernel, stride, pads, _valid_conv_im2col)
+  strides = (stride, stride)
+  out_h, out_w = (
+    (n + lo + hi - k) // stride + 1
+    for n, (lo, hi), k in zip(x.shape[1:3], pads, kernel.shape[:2], strict=True)
+  )
+  patch_bytes = x.shape[0] * out_h * out_w * kernel[..., 0].size * x.dtype.itemsize
+  valid_conv = (
+    _valid_conv_im2col if patch_bytes <= IM2COL_MAX_BYTES else _valid_conv_lax
+  )
+
+  def plain(inputs, weights):
+    return _conv_plain(inputs, weights, strides, pads)
+
+  def space_to_depth_form(inputs, weights):
+    return _conv_space_to_depth(inputs, weights, stride, pads, valid_conv)
+
+  conv = _with_gradient_forms(
+    plain, _input_grad_of(space_to_depth_form), _kernel_grad_of(plain)
+  )
+  return conv(x, kernel)
+
+
+def _conv_transpose_fast(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, adjoint_pads: Pads
+) -> jax.Array:
+  """Strided transposed conv, each product in its fastest exact form.
+
+  Forward: sub-pixel form. Input gradient: `lax`'s (a strided conv). Kernel
+  gradient: that of the adjoint strided conv (input dy, output gradient x),
+  which `lax` computes without the dilated input of the plain form.
+  """
+  strides = (stride, stride)
+
+  def plain(inputs, weights):
+    return _conv_transpose_plain(inputs, weights, strides, pads)
+
+  def kernel_grad(inputs, weights, dy):
+    def adjoint(w):
+      return _conv_plain(dy, _adjoint_kernel(w), strides, adjoint_pads)
+
+    return jax.linear_transpose(adjoint, weights)(inputs)[0]
+
+  conv_transpose = _with_gradient_forms(
+    lambda inputs, weights: _conv_transpose_phases(inputs, weights, stride, pads),
+    _input_grad_of(plain),
+    kernel_grad,
+  )
+  return conv_transpose(x, kernel)
 
 
 def conv2d(
@@ -279,7 +411,7 @@ def conv2d(
     and kh % stride == 0
     and kw % stride == 0
   ):
-    return _conv_space_to_depth(x, kernel, stride, pads)
+    return _strided_conv_fast(x, kernel, stride, pads)
   return _conv_plain(x, kernel, strides, pads)
 
 
@@ -302,13 +434,15 @@ def conv_transpose2d(
     flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c, kh * kw * out)
     return (x.reshape(b, c) @ flipped).reshape(b, kh, kw, out)
   stride = strides[0]
+  adjoint_pads = _adjoint_pads(pads, (kh, kw))
   if (
     impl == "fast"
     and strides[1] == stride > 1
     and kh % stride == 0
     and kw % stride == 0
+    and adjoint_pads is not None
   ):
-    return _conv_transpose_phases(x, kernel, stride, pads)
+    return _conv_transpose_fast(x, kernel, stride, pads, adjoint_pads)
   return _conv_transpose_plain(x, kernel, strides, pads)
 
 
