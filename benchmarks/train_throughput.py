@@ -154,7 +154,9 @@ def main(argv):
   peak = matmul_peak_flops()
   print(
     f"# {jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}, "
-    f"os.cpu_count={os.cpu_count()}; matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+    f"os.cpu_count={os.cpu_count()}, "
+    f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}; "
+    f"matmul peak {peak / 1e9:.1f} GFLOP/s\n"
   )
   print(
     "| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |"

@@ -6,22 +6,29 @@ initialisation, drawn in the same order), so a parameter tree or a checkpoint
 made with one loads into the other. `impl` picks how the function is computed:
 
 - "plain": `lax.conv_general_dilated` / `lax.conv_transpose`, as flax does.
-- "fast": the same function rewritten into forms that XLA's CPU backend runs
-  quickly, derived from the same kernel inside the jitted function:
-  * a strided conv whose kernel size is a multiple of its stride becomes
-    space-to-depth followed by a stride-1 conv with a rearranged kernel;
-  * a transposed conv whose kernel size is a multiple of its stride becomes
-    one stride-1 conv that computes every output phase (stride**2 of them),
-    followed by depth-to-space (sub-pixel form, without the zeros that the
-    dilated input of a transposed conv multiplies);
-  * a conv or transposed conv between a 1x1 map and a map of the kernel's size
-    becomes a matrix product.
-  Stride-1 convs inside these forms run as matrix products over shifted
-  windows (im2col, or one product per kernel tap when the output is thin).
-  Other configurations fall back to "plain".
+- "fast": the same function, each of its three products (output, input
+  gradient, kernel gradient) computed in the exact form that XLA's CPU
+  backend runs fastest, joined by a `jax.custom_vjp`:
+  * strided conv (kernel size a multiple of the stride): `lax`'s strided conv
+    for the output and the kernel gradient; for the input gradient the
+    transpose of space-to-depth + stride-1 conv (the plain input gradient
+    convolves a zero-dilated tensor, XLA CPU's slow case), the stride-1 conv
+    as one im2col matrix product while its patch matrix is small
+    (`IM2COL_MAX_BYTES`), else as a `lax` conv. Images (under
+    `_THIN_CHANNELS` channels) use space-to-depth + im2col throughout;
+  * strided transposed conv (kernel size a multiple of the stride): the
+    sub-pixel form for the output (one stride-1 conv computes every output
+    phase, then depth-to-space: no multiply touches a dilation zero), `lax`'s
+    input gradient (a strided conv), and the kernel gradient of the adjoint
+    strided conv (input: the output gradient; kernel flipped and transposed);
+  * a conv or transposed conv between a 1x1 map and a map of the kernel's
+    size: a matrix product.
+  Other configurations fall back to "plain". Being a `custom_vjp`, the fast
+  form supports reverse-mode differentiation (what training uses), not
+  forward mode (`jax.jvp`); use "plain" for that.
 
 Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
-README.md ("Performance") and benchmarks/layer_throughput.py give the measurements.
+docs/performance.md and benchmarks/layer_throughput.py give the measurements.
 """
 
 from collections.abc import Callable, Sequence
@@ -446,63 +453,8 @@ def conv_transpose2d(
   return _conv_transpose_plain(x, kernel, strides, pads)
 
 
-class Conv2D(nn.Module):
-  """`nn.Conv` for NHWC inputs, with a choice of computation (`impl`).
-
-  Attributes:
-    features: output channels.
-    kernel_size: int or (kh, kw).
-    strides: int or (sh, sw).
-    padding: "SAME", "VALID", an int, or ((lo, hi), (lo, hi)) as in nn.Conv.
-    use_bias: add a bias.
-    dtype: computation dtype (default: promoted from inputs and parameters).
-    param_dtype: parameter dtype.
-    kernel_init: kernel initializer (nn.Conv's default).
-    bias_init: bias initializer (nn.Conv's default).
-    impl: "plain" (lax conv) or "fast" (exact reformulation, see module doc).
-  """
-
-  features: int
-  kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
-  padding: PaddingLike = "SAME"
-  use_bias: bool = True
-  dtype: jnp.dtype | None = None
-  param_dtype: jnp.dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  impl: ConvImpl = "fast"
-
-  @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    """Applies the convolution to [B, H, W, C] inputs."""
-    kernel_size = _pair(self.kernel_size, "kernel_size")
-    strides = _pair(self.strides, "strides")
-    kernel = self.param(
-      "kernel",
-      self.kernel_init,
-      (*kernel_size, inputs.shape[-1], self.features),
-      self.param_dtype,
-    )
-    bias = (
-      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      if self.use_bias
-      else None
-    )
-    inputs, kernel, bias = nn.dtypes.promote_dtype(
-      inputs, kernel, bias, dtype=self.dtype
-    )
-    pads = conv_pads(self.padding, inputs.shape[1:3], kernel_size, strides)
-    y = conv2d(inputs, kernel, strides, pads, self.impl)
-    return y if bias is None else y + bias
-
-
-class ConvTranspose2D(nn.Module):
-  """`nn.ConvTranspose` (transpose_kernel=False) for NHWC inputs.
-
-  Padding follows `lax.conv_transpose`, not PyTorch: PyTorch's
-  ConvTranspose2d(4, stride=2, padding=1) (output 2n) is padding ((2, 2),
-  (2, 2)) or "SAME" here, with the kernel flipped; see `conv_transpose_pads`.
+class _ConvLayer(nn.Module):
+  """Fields and parameters shared by `Conv2D` and `ConvTranspose2D`.
 
   Attributes:
     features: output channels.
@@ -512,9 +464,9 @@ class ConvTranspose2D(nn.Module):
     use_bias: add a bias.
     dtype: computation dtype (default: promoted from inputs and parameters).
     param_dtype: parameter dtype.
-    kernel_init: kernel initializer (nn.ConvTranspose's default).
-    bias_init: bias initializer (nn.ConvTranspose's default).
-    impl: "plain" (lax.conv_transpose) or "fast" (see module doc).
+    kernel_init: kernel initializer (flax's default for both layers).
+    bias_init: bias initializer (flax's default for both layers).
+    impl: "plain" (`lax`, as flax does) or "fast" (see the module doc).
   """
 
   features: int
@@ -528,11 +480,10 @@ class ConvTranspose2D(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   impl: ConvImpl = "fast"
 
-  @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    """Applies the transposed convolution to [B, H, W, C] inputs."""
-    kernel_size = _pair(self.kernel_size, "kernel_size")
-    strides = _pair(self.strides, "strides")
+  def _promoted_params(
+    self, inputs: jax.Array, kernel_size: tuple[int, int]
+  ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Declares "kernel" (HWIO) and "bias" as flax does; promotes all three."""
     kernel = self.param(
       "kernel",
       self.kernel_init,
@@ -544,9 +495,37 @@ class ConvTranspose2D(nn.Module):
       if self.use_bias
       else None
     )
-    inputs, kernel, bias = nn.dtypes.promote_dtype(
-      inputs, kernel, bias, dtype=self.dtype
-    )
+    return nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+
+
+class Conv2D(_ConvLayer):
+  """`nn.Conv` for NHWC inputs, with a choice of computation (`impl`)."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the convolution to [B, H, W, C] inputs."""
+    kernel_size = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    inputs, kernel, bias = self._promoted_params(inputs, kernel_size)
+    pads = conv_pads(self.padding, inputs.shape[1:3], kernel_size, strides)
+    y = conv2d(inputs, kernel, strides, pads, self.impl)
+    return y if bias is None else y + bias
+
+
+class ConvTranspose2D(_ConvLayer):
+  """`nn.ConvTranspose` (transpose_kernel=False) for NHWC inputs.
+
+  Padding follows `lax.conv_transpose`, not PyTorch: PyTorch's
+  ConvTranspose2d(4, stride=2, padding=1) (output 2n) is padding ((2, 2),
+  (2, 2)) or "SAME" here, with the kernel flipped; see `conv_transpose_pads`.
+  """
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the transposed convolution to [B, H, W, C] inputs."""
+    kernel_size = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    inputs, kernel, bias = self._promoted_params(inputs, kernel_size)
     pads = conv_transpose_pads(self.padding, kernel_size, strides)
     y = conv_transpose2d(inputs, kernel, strides, pads, self.impl)
     return y if bias is None else y + bias
