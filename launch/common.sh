@@ -38,3 +38,15 @@ shell_join() {
   done
   printf '%s\n' "$line"
 }
+
+# Sets config and workdir from the two positional arguments ("${positional[@]}")
+# and checks them and --mode; dies with a usage error otherwise.
+set_config_workdir_and_check_mode() {
+  ((${#positional[@]} == 2)) || die_usage "expected CONFIG and WORKDIR, got ${#positional[@]} arguments"
+  config=${positional[0]}
+  workdir=${positional[1]}
+  case "$mode" in
+    train | train_lstm | eval) ;;
+    *) die_usage "unknown --mode=$mode (train, train_lstm or eval)" ;;
+  esac
+}

@@ -59,14 +59,8 @@ while (($#)); do
   shift
 done
 
-((${#positional[@]} == 2)) || die_usage "expected CONFIG and WORKDIR, got ${#positional[@]} arguments"
-config=${positional[0]}
-workdir=${positional[1]}
+set_config_workdir_and_check_mode
 [[ -f ${config%%:*} ]] || die_usage "config file ${config%%:*} does not exist"
-case "$mode" in
-  train | train_lstm | eval) ;;
-  *) die_usage "unknown --mode=$mode (train, train_lstm or eval)" ;;
-esac
 
 command=()
 if [[ -n $gpus ]]; then

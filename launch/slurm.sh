@@ -90,17 +90,11 @@ while (($#)); do
   shift
 done
 
-((${#positional[@]} == 2)) || die_usage "expected CONFIG and WORKDIR, got ${#positional[@]} arguments"
-config=${positional[0]}
-workdir=${positional[1]}
+set_config_workdir_and_check_mode
 [[ -f ${config%%:*} ]] || die_usage "config file ${config%%:*} does not exist"
 [[ $workdir != *[[:space:]]* ]] || die_usage "WORKDIR must not contain spaces (it goes into an #SBATCH line)"
 [[ $nodes =~ ^[1-9][0-9]*$ ]] || die_usage "--nodes=$nodes is not a positive integer"
 [[ $gpus_per_node =~ ^[0-9]+$ ]] || die_usage "--gpus-per-node=$gpus_per_node is not an integer"
-case "$mode" in
-  train | train_lstm | eval) ;;
-  *) die_usage "unknown --mode=$mode (train, train_lstm or eval)" ;;
-esac
 case "$per" in
   host) tasks_per_node=1 ;;
   gpu)

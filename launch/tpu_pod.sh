@@ -91,19 +91,13 @@ while (($#)); do
   shift
 done
 
-((${#positional[@]} == 2)) || die_usage "expected CONFIG and WORKDIR, got ${#positional[@]} arguments"
-config=${positional[0]}
-workdir=${positional[1]}
+set_config_workdir_and_check_mode
 [[ -n $tpu ]] || die_usage "--tpu=NAME is required"
 [[ -n $zone ]] || die_usage "--zone=ZONE is required"
 [[ $config != /* ]] || die_usage "CONFIG must be a path inside the installed tree, e.g. configs/mipae_mnist.py"
 if [[ -z $git_url ]] && [[ ! -f $repo_root/${config%%:*} ]]; then
   die_usage "config file ${config%%:*} is not in $repo_root, the tree that is copied"
 fi
-case "$mode" in
-  train | train_lstm | eval) ;;
-  *) die_usage "unknown --mode=$mode (train, train_lstm or eval)" ;;
-esac
 if [[ $workdir != gs://* ]]; then
   echo "note: WORKDIR $workdir is not a gs:// path: each host would write to its own disk." >&2
 fi
