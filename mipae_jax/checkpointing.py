@@ -132,12 +132,14 @@ class Checkpointer:
     return restored.state
 
   def restore_trained(
-    self, abstract_state: Any, step: int = -1, hint: str = ""
+    self, init_fn: Callable[[jax.Array], Any], step: int = -1, hint: str = ""
   ) -> tuple[Any, int]:
     """(state, step) of a finished stage for inference: latest step, or `step`.
 
-    The state is restored replicated over the current mesh. Raises
-    CheckpointError (with `hint` on how to make one) when there is none.
+    The state has the structure `init_fn(rng)` builds (nothing is computed:
+    only its shapes are traced) and is restored replicated over the current
+    mesh. Raises CheckpointError (with `hint` on how to make one) when there
+    is none.
     """
     available = self.manager.all_steps()
     if not available:
@@ -151,7 +153,7 @@ class Checkpointer:
     replicated = sharding.replicated(sharding.create_mesh())
     abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      abstract_state,
+      jax.eval_shape(init_fn, jax.random.PRNGKey(0)),
     )
     return self.restore(step, abstract_state), step
 

@@ -426,17 +426,14 @@ def load_main_network(
   """
   networks = build_networks(config, info.channels)
   checkpoints = checkpointing.Checkpointer(workdir, config, info)
-  abstract = jax.eval_shape(
-    functools.partial(
-      create_train_state,
-      networks,
-      config,
-      image_shape=(info.height, info.width, info.channels),
-    ),
-    jax.random.PRNGKey(0),
+  init_fn = functools.partial(
+    create_train_state,
+    networks,
+    config,
+    image_shape=(info.height, info.width, info.channels),
   )
   state, step = checkpoints.restore_trained(
-    abstract,
+    init_fn,
     step,
     f"Train it first: python -m mipae_jax.main --mode=train --workdir={workdir}",
   )

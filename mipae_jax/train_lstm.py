@@ -270,11 +270,8 @@ def load_pose_lstm(
     subdir="lstm_checkpoints",
     fingerprint=lstm_fingerprint(config, info, main_step),
   )
-  abstract = jax.eval_shape(
-    functools.partial(create_lstm_state, pose_lstm, config), jax.random.PRNGKey(0)
-  )
   state, step = checkpoints.restore_trained(
-    abstract,
+    functools.partial(create_lstm_state, pose_lstm, config),
     step,
     f"Run stage 2 first: python -m mipae_jax.main --mode=train_lstm --workdir={workdir}",
   )
