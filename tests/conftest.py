@@ -8,31 +8,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 from configs import mipae_dsprites  # noqa: E402
+from mipae_jax import reproduce  # noqa: E402
 
 
 def tiny_config(data_dir, method_config=mipae_dsprites, **overrides):
-  """The smoke config shrunk to seconds: batch 8, a few steps, small dataset."""
-  config = method_config.get_config("smoke")
-  config.dataset.data_dir = str(data_dir)
-  config.dataset.num_frames = 6
-  config.batch_size = 8
-  config.num_train_steps = 4
-  config.log_every_steps = 2
-  config.image_every_steps = 4
-  config.checkpoint_every_steps = 2
-  config.lstm.batch_size = 8
-  config.lstm.num_context = 3
-  config.lstm.num_future = 4
-  config.lstm.num_train_steps = 4
-  config.lstm.log_every_steps = 2
-  config.lstm.image_every_steps = 4
-  config.lstm.checkpoint_every_steps = 2
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  """The paper config at the reproduction's `tiny` scale (seconds per stage).
+
+  `overrides` are dotted config fields, e.g. **{"model.pose_dim": 7}.
+  """
+  config = method_config.get_config()
+  fields = {
+    **reproduce.scale_overrides("tiny", config),
+    "dataset.data_dir": str(data_dir),
+    **overrides,
+  }
+  for field, value in fields.items():
+    reproduce.set_field(config, field, value)
   return config
 
 

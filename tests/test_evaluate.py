@@ -23,15 +23,8 @@ from mipae_jax import (
   visualize,
 )
 
-NUM_FUTURE = 3
-EVAL_OVERRIDES = {
-  "lstm.num_train_steps": 2,
-  "eval.batch_size": 8,
-  "eval.num_future": NUM_FUTURE,
-  "eval.num_sequences": 8,
-  "eval.num_mig_frames": 200,
-  "eval.lpips_nets": ("alex",),
-}
+NUM_FUTURE = 3  # the tiny scale's eval.num_future
+EVAL_OVERRIDES = {"lstm.num_train_steps": 2}
 
 
 def _eval_config(data_dir, **overrides):
