@@ -14,9 +14,9 @@ Scales (`SCALES`):
   paper    the configs as they are: batch 100, 240k steps per stage, 2,000
            test sequences x 30 frames, 100k MIG frames, LPIPS alex and vgg.
   reduced  every architecture, loss, optimiser and dataset the same; batch 16,
-           1,200 main and 300 LSTM steps, 500 test sequences, MIG on 20k
+           6,000 main and 1,200 LSTM steps, 500 test sequences, MIG on 20k
            frames, LPIPS alex only: both methods finish on a 2-core CPU in
-           about 1-2 hours (measured step times in `REDUCED_RATIONALE`).
+           about 1.5 hours (measured step times in `REDUCED_RATIONALE`).
   tiny     a few steps on the small embedded dataset, for tests.
 """
 
@@ -98,23 +98,23 @@ HIGHER_IS_BETTER = {
 }
 
 REDUCED_RATIONALE = (
-  "Step times were measured on this 2-core CPU while other jobs shared it (load "
-  "average 5-9) with benchmarks/train_throughput.py (median of 3 steps after 2 "
-  "warm-up steps): a MIPAE main step took 1.57-1.91 s at batch 16 and 5.80 s at "
-  "batch 32 (DRNET, same networks: 2.99 s at batch 16 in the busiest run); a "
-  "pose-LSTM step (5 context + 10 future frames) 1.22 s at batch 16; predicting "
-  "30 frames ran at 3.6 sequences/s. Batch 16 (the smoke configs' batch) gives "
-  "the most videos per second under contention, batch 32 costing 3x batch 16. "
-  "1,200 main steps x 16 videos (19,200 videos: about one epoch of the 20,000 "
-  "training videos, 0.08 % of the paper's 24M) take about 35-40 minutes per "
-  "method, 300 LSTM steps about 6 minutes, the evaluation about 5 minutes: about "
-  "1.5 hours for both methods at that load, well under an hour on an idle "
-  "machine. The evaluation keeps the paper's protocol (5 context, 30 predicted "
-  "frames) on 500 of the 2,000 test sequences, and estimates MIG on 20,000 "
-  "frames instead of 100,000 (16 s with benchmarks/eval_throughput.py; the k-NN "
-  "estimator grows faster than linearly). LPIPS uses AlexNet only: LPIPS-vgg "
-  "scored 12 frames/s against AlexNet's 355, 21 minutes per method for the "
-  "15,000 predicted frames."
+  "Step times were measured on this 2-core CPU (AMD EPYC, AVX-512), idle, "
+  "with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 and "
+  "benchmarks/train_throughput.py (median of 5 steps after 2 warm-up steps): a "
+  "MIPAE main step took 0.19 s at batch 16 and 1.02 s at batch 100 (DRNET 0.16 "
+  "s and 1.04 s), a pose-LSTM step (5 context + 10 future frames) 0.24 s at "
+  "batch 16, and predicting 30 frames ran at 38 sequences/s. Batches 16 and "
+  "100 see about the same number of videos per second (83 vs 98); batch 16 "
+  "gives 6x more updates for the same videos, which matters far from "
+  "convergence. 6,000 main steps x 16 videos (96,000 videos: about 5 epochs of "
+  "the 20,000 training videos, 0.4 % of the paper's 24M) take about 20-30 "
+  "minutes per method with logging and checkpoints, 1,200 LSTM steps about 5 "
+  "minutes, the evaluation 2-8 minutes: about 1.5 hours for both methods. The "
+  "evaluation keeps the paper's protocol (5 context, 30 predicted frames) on "
+  "500 of the 2,000 test sequences, and estimates MIG on 20,000 frames instead "
+  "of 100,000 (the k-NN estimator grows faster than linearly). LPIPS uses "
+  "AlexNet only: LPIPS-vgg scored 12 frames/s against AlexNet's 355 (loaded "
+  "machine), 21 minutes per method for the 15,000 predicted frames."
 )
 
 
@@ -122,15 +122,15 @@ def _reduced_settings() -> dict[str, Any]:
   """Overrides of the `reduced` scale (see REDUCED_RATIONALE)."""
   return {
     "batch_size": 16,
-    "num_train_steps": 1_200,
-    "log_every_steps": 50,
-    "image_every_steps": 600,
-    "checkpoint_every_steps": 100,
+    "num_train_steps": 6_000,
+    "log_every_steps": 100,
+    "image_every_steps": 3_000,
+    "checkpoint_every_steps": 500,
     "lstm.batch_size": 16,
-    "lstm.num_train_steps": 300,
-    "lstm.log_every_steps": 50,
-    "lstm.image_every_steps": 300,
-    "lstm.checkpoint_every_steps": 100,
+    "lstm.num_train_steps": 1_200,
+    "lstm.log_every_steps": 100,
+    "lstm.image_every_steps": 1_200,
+    "lstm.checkpoint_every_steps": 300,
     "eval.batch_size": 50,
     "eval.num_sequences": 500,
     "eval.num_mig_frames": 20_000,
