@@ -100,10 +100,11 @@ def test_fast_equals_plain_in_output_and_gradients(name):
   jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)
 
 
-@pytest.mark.parametrize("name", ["enc2", "enc3", "enc4"])
-def test_fast_equals_plain_when_patches_exceed_the_im2col_limit(name, monkeypatch):
-  """The input gradient's large-batch form (a `lax` stride-1 conv)."""
+@pytest.mark.parametrize("name", ["enc2", "enc3", "enc4", "dec2", "dec4", "dec5_gray"])
+def test_fast_equals_plain_in_its_large_batch_forms(name, monkeypatch):
+  """Input gradient as a `lax` conv, kernel gradient summed over batch chunks."""
   monkeypatch.setattr(layers, "IM2COL_MAX_BYTES", 0)
+  monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", 1)  # one sample a chunk
   ours, _, shape, features, settings = _DCGAN_LAYERS[name]
   x = _normal(shape, seed=0)
   variables = ours(features, **settings).init(jax.random.key(1), x)

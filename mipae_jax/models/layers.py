@@ -52,6 +52,9 @@ _THIN_CHANNELS = 8
 # Largest im2col patch matrix worth writing: beyond it a stride-1 `lax` conv
 # is faster (XLA CPU; glibc also maps buffers past 32 MiB afresh each call).
 IM2COL_MAX_BYTES = 32 * 2**20
+# Kernel gradients of big-batch convs are summed over batch chunks whose
+# input is about this size (cache-sized pieces run 1.3-1.7x faster on XLA CPU).
+KERNEL_GRAD_CHUNK_BYTES = 2 * 2**20
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -332,6 +335,35 @@ def _kernel_grad_of(form: Callable[[jax.Array, jax.Array], jax.Array]):
   return kernel_grad
 
 
+def _num_batch_chunks(batch_size: int, sample_bytes: int) -> int:
+  """Largest divisor of batch_size up to batch bytes / KERNEL_GRAD_CHUNK_BYTES."""
+  target = max(1, batch_size * sample_bytes // KERNEL_GRAD_CHUNK_BYTES)
+  return max(k for k in range(1, min(target, batch_size) + 1) if batch_size % k == 0)
+
+
+def _kernel_grad_in_batch_chunks(
+  kernel_grad: Callable[[jax.Array, jax.Array], jax.Array],
+  inputs: jax.Array,
+  cotangents: jax.Array,
+) -> jax.Array:
+  """sum over batch chunks of kernel_grad(inputs[chunk], cotangents[chunk]).
+
+  A kernel gradient is a sum over the batch, so this is exact up to the order
+  of the float sums. Chunk j holds samples j, j + k, j + 2k, ...: a batch
+  sharded over devices stays where it is. Unrolled, as XLA CPU runs convs
+  inside loops slowly.
+  """
+  batch_size = inputs.shape[0]
+  count = _num_batch_chunks(batch_size, inputs[0].size * inputs.dtype.itemsize)
+  if count == 1:
+    return kernel_grad(inputs, cotangents)
+
+  def chunk(array, j):
+    return array.reshape(batch_size // count, count, *array.shape[1:])[:, j]
+
+  return sum(kernel_grad(chunk(inputs, j), chunk(cotangents, j)) for j in range(count))
+
+
 def _strided_conv_fast(
   x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
 ) -> jax.Array:
@@ -339,7 +371,8 @@ def _strided_conv_fast(
 
   Thin inputs (the image layer): space-to-depth + im2col matrix product for
   everything. Otherwise the forward and the kernel gradient are `lax`'s
-  strided conv, and the input gradient is that of space-to-depth + stride-1
+  strided conv (the kernel gradient summed over batch chunks), and the input
+  gradient is that of space-to-depth + stride-1
   conv (the plain one dilates the output gradient): as im2col when its patch
   matrix is small, else as a `lax` stride-1 conv.
   """
@@ -361,9 +394,14 @@ def _strided_conv_fast(
   def space_to_depth_form(inputs, weights):
     return _conv_space_to_depth(inputs, weights, stride, pads, valid_conv)
 
-  conv = _with_gradient_forms(
-    plain, _input_grad_of(space_to_depth_form), _kernel_grad_of(plain)
-  )
+  def kernel_grad(inputs, weights, dy):
+    return _kernel_grad_in_batch_chunks(
+      lambda x_part, dy_part: _kernel_grad_of(plain)(x_part, weights, dy_part),
+      inputs,
+      dy,
+    )
+
+  conv = _with_gradient_forms(plain, _input_grad_of(space_to_depth_form), kernel_grad)
   return conv(x, kernel)
 
 
@@ -374,7 +412,8 @@ def _conv_transpose_fast(
 
   Forward: sub-pixel form. Input gradient: `lax`'s (a strided conv). Kernel
   gradient: that of the adjoint strided conv (input dy, output gradient x),
-  which `lax` computes without the dilated input of the plain form.
+  which `lax` computes without the dilated input of the plain form, summed
+  over batch chunks.
   """
   strides = (stride, stride)
 
@@ -382,10 +421,14 @@ def _conv_transpose_fast(
     return _conv_transpose_plain(inputs, weights, strides, pads)
 
   def kernel_grad(inputs, weights, dy):
-    def adjoint(w):
-      return _conv_plain(dy, _adjoint_kernel(w), strides, adjoint_pads)
+    def adjoint_kernel_grad(dy_part, x_part):
+      def adjoint(w):
+        return _conv_plain(dy_part, _adjoint_kernel(w), strides, adjoint_pads)
 
-    return jax.linear_transpose(adjoint, weights)(inputs)[0]
+      return jax.linear_transpose(adjoint, weights)(x_part)[0]
+
+    # The adjoint conv's input is dy: chunk by its size.
+    return _kernel_grad_in_batch_chunks(adjoint_kernel_grad, dy, inputs)
 
   conv_transpose = _with_gradient_forms(
     lambda inputs, weights: _conv_transpose_phases(inputs, weights, stride, pads),
