@@ -193,8 +193,17 @@ def test_comparison_sentences_follow_the_numbers():
   assert "intervals do not overlap" in next(
     s for s in better if s.startswith("LPIPS-alex at frame 2")
   )
-  assert "MIPAE is better on 2 of 2" in better[-1]
-  assert "DRNET on 2" in worse[-1]
+  assert "MIPAE leads on 2 of 2" in better[-1]
+  assert "matches the paper's claim" in better[-1]
+  assert "Without an interval: MIG" in better[-1]
+  assert "DRNET on 2" in worse[-1] and "does not match" in worse[-1]
+  # MIPAE ahead everywhere, but LPIPS within the intervals: no claim of a match.
+  close = reproduce.comparison_sentences(
+    "moving_dsprites", {"mipae": run(0.9, 0.29), "drnet": run(0.8, 0.3)}
+  )
+  assert "MIPAE leads on 2 of 2" in close[-1]
+  assert "Within the 95 % intervals (noise): LPIPS-alex at frame 2" in close[-1]
+  assert "consistent with the paper's claim, not evidence" in close[-1]
 
 
 def test_reduced_scale_keeps_architecture_loss_and_data():
