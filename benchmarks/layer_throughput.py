@@ -6,8 +6,8 @@
 
 Prints Markdown tables: each convolution of the DCGAN 64x64 encoder / decoder
 alone (gradients w.r.t. parameters and, except for the image layer, input),
-then a whole encoder and decoder (convs + BatchNorm + activations, built here
-from mipae_jax.models.layers) and a 2048x2048 float32 matmul as the peak
+then the project's whole DCGAN encoder and decoder (mipae_jax.models.dcgan,
+BatchNorm in training mode) and a 2048x2048 float32 matmul as the peak
 reference, all in one run. Plain and fast are timed in alternation, `rounds`
 times each, and the best time is kept: on a shared machine that is the least
 disturbed estimate, and both forms meet the same disturbance.
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,7 +32,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mipae_jax.models import layers  # noqa: E402
+from mipae_jax.models import dcgan, layers  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["100", "16"], "Batch sizes.")
@@ -102,46 +103,6 @@ _SWEEP = (
 _SWEEP_TAG = "SWEEP"
 
 
-class Encoder(nn.Module):
-  """DCGAN 64x64 encoder: 4 x (conv 4x4/2, BN, LeakyReLU), conv 4x4 valid, BN, tanh."""
-
-  latent_dim: int
-  impl: str
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = x.astype(self.dtype)
-    for features in (64, 128, 256, 512):
-      h = layers.Conv2D(features, impl=self.impl, dtype=self.dtype, **_STRIDED)(h)
-      h = nn.leaky_relu(nn.BatchNorm(False, dtype=self.dtype)(h), 0.2)
-    h = layers.Conv2D(self.latent_dim, impl=self.impl, dtype=self.dtype, **_VALID)(h)
-    return jnp.tanh(nn.BatchNorm(False, dtype=self.dtype)(h))
-
-
-class Decoder(nn.Module):
-  """DCGAN 64x64 decoder: transposed convs 1->4->8->16->32->64, BN, sigmoid."""
-
-  out_channels: int
-  impl: str
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    h = z.astype(self.dtype)
-    h = layers.ConvTranspose2D(512, impl=self.impl, dtype=self.dtype, **_VALID)(h)
-    h = nn.leaky_relu(nn.BatchNorm(False, dtype=self.dtype)(h), 0.2)
-    for features in (256, 128, 64):
-      h = layers.ConvTranspose2D(
-        features, impl=self.impl, dtype=self.dtype, **_UP_STRIDED
-      )(h)
-      h = nn.leaky_relu(nn.BatchNorm(False, dtype=self.dtype)(h), 0.2)
-    h = layers.ConvTranspose2D(
-      self.out_channels, impl=self.impl, dtype=self.dtype, **_UP_STRIDED
-    )(h)
-    return nn.sigmoid(h.astype(jnp.float32))
-
-
 def _conv_flops(module: nn.Module, x: jax.Array) -> float:
   """Forward FLOPs, not counting products with the transposed conv's zeros."""
   y = jax.eval_shape(module.init_with_output, jax.random.key(0), x)[0]
@@ -156,22 +117,29 @@ def _conv_flops(module: nn.Module, x: jax.Array) -> float:
 
 
 def _grad_fn(
-  module: nn.Module, x: jax.Array, with_input: bool, mutable: bool
+  module: nn.Module,
+  inputs: tuple[jax.Array, ...],
+  with_input: bool,
+  **call_kwargs: Any,
 ) -> Callable[[], jax.Array]:
-  """A jitted fwd+bwd of mean(module(x) ** 2), ready to call."""
-  variables = module.init(jax.random.key(0), x)
+  """A jitted fwd+bwd of mean(module(*inputs) ** 2), ready to call.
+
+  BatchNorm runs in training mode (batch statistics updated); of a tuple
+  output (the encoder's code and skips) the first entry is the loss's.
+  """
+  variables = module.init(jax.random.key(0), *inputs, **call_kwargs)
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
 
-  def loss(params, x):
-    if mutable:
-      y, _ = module.apply({"params": params, **state}, x, mutable=["batch_stats"])
-    else:
-      y = module.apply({"params": params, **state}, x)
+  def loss(params, inputs):
+    y, _ = module.apply(
+      {"params": params, **state}, *inputs, **call_kwargs, mutable=["batch_stats"]
+    )
+    y = y[0] if isinstance(y, tuple) else y
     return jnp.mean(jnp.square(y.astype(jnp.float32)))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1) if with_input else 0))
-  return lambda: step(params, x)
+  return lambda: step(params, inputs)
 
 
 def _best_times(fns: dict[str, Callable[[], jax.Array]], rounds: int) -> dict:
@@ -204,9 +172,7 @@ def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
       impl: cls(features, impl=impl, dtype=dtype, **settings)
       for impl in ("plain", "fast")
     }
-    fns = {
-      impl: _grad_fn(module, x, with_input, False) for impl, module in modules.items()
-    }
+    fns = {impl: _grad_fn(module, (x,), with_input) for impl, module in modules.items()}
     best = _best_times(fns, rounds)
     # Backward: one product like the forward per gradient taken.
     flops = _conv_flops(modules["plain"], x) * (3 if with_input else 2)
@@ -215,16 +181,33 @@ def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
 
 
 def time_networks(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
-  """(name, plain s, fast s) of a whole encoder / decoder forward + backward."""
-  image = jnp.asarray(np.random.RandomState(0).rand(batch, 64, 64, 3), jnp.float32)
-  code = jnp.asarray(np.random.RandomState(1).randn(batch, 1, 1, 133), jnp.float32)
+  """(name, plain s, fast s) of the project's DCGAN encoder / decoder fwd + bwd."""
+  rng = np.random.RandomState(0)
+  image = jnp.asarray(rng.rand(batch, 64, 64, 3), jnp.float32)
+  codes = (
+    jnp.asarray(rng.randn(batch, 128), jnp.float32),
+    jnp.asarray(rng.randn(batch, 5), jnp.float32),
+  )
   rows = []
-  for name, make, x, with_input in (
-    ("encoder (latent 128)", lambda impl: Encoder(128, impl, dtype), image, False),
-    ("decoder (3 channels)", lambda impl: Decoder(3, impl, dtype), code, True),
+  for name, make, inputs, call_kwargs, with_input in (
+    (
+      "encoder (latent 128)",
+      lambda impl: dcgan.DCGANEncoder(128, conv_impl=impl, dtype=dtype),
+      (image,),
+      dict(train=True),
+      False,
+    ),
+    (
+      "decoder (3 channels)",
+      lambda impl: dcgan.DCGANDecoder(3, conv_impl=impl, dtype=dtype),
+      codes,
+      dict(skips=None, train=True),
+      True,
+    ),
   ):
     fns = {
-      impl: _grad_fn(make(impl), x, with_input, True) for impl in ("plain", "fast")
+      impl: _grad_fn(make(impl), inputs, with_input, **call_kwargs)
+      for impl in ("plain", "fast")
     }
     best = _best_times(fns, rounds)
     rows.append((name, best["plain"], best["fast"]))
