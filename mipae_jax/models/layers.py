@@ -342,11 +342,12 @@ def _num_batch_chunks(batch_size: int, sample_bytes: int) -> int:
 
 
 def _kernel_grad_in_batch_chunks(
-  kernel_grad: Callable[[jax.Array, jax.Array], jax.Array],
+  kernel_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
   inputs: jax.Array,
+  kernel: jax.Array,
   cotangents: jax.Array,
 ) -> jax.Array:
-  """sum over batch chunks of kernel_grad(inputs[chunk], cotangents[chunk]).
+  """sum over batch chunks of kernel_grad(inputs[chunk], kernel, cotangents[chunk]).
 
   A kernel gradient is a sum over the batch, so this is exact up to the order
   of the float sums. Chunk j holds samples j, j + k, j + 2k, ...: a batch
@@ -356,12 +357,14 @@ def _kernel_grad_in_batch_chunks(
   batch_size = inputs.shape[0]
   count = _num_batch_chunks(batch_size, inputs[0].size * inputs.dtype.itemsize)
   if count == 1:
-    return kernel_grad(inputs, cotangents)
+    return kernel_grad(inputs, kernel, cotangents)
 
   def chunk(array, j):
     return array.reshape(batch_size // count, count, *array.shape[1:])[:, j]
 
-  return sum(kernel_grad(chunk(inputs, j), chunk(cotangents, j)) for j in range(count))
+  return sum(
+    kernel_grad(chunk(inputs, j), kernel, chunk(cotangents, j)) for j in range(count)
+  )
 
 
 def _strided_conv_fast(
@@ -372,9 +375,9 @@ def _strided_conv_fast(
   Thin inputs (the image layer): space-to-depth + im2col matrix product for
   everything. Otherwise the forward and the kernel gradient are `lax`'s
   strided conv (the kernel gradient summed over batch chunks), and the input
-  gradient is that of space-to-depth + stride-1
-  conv (the plain one dilates the output gradient): as im2col when its patch
-  matrix is small, else as a `lax` stride-1 conv.
+  gradient is that of space-to-depth + stride-1 conv (the plain one dilates
+  the output gradient): as im2col when its patch matrix is small, else as a
+  `lax` stride-1 conv.
   """
   if x.shape[-1] < _THIN_CHANNELS:
     return _conv_space_to_depth(x, kernel, stride, pads, _valid_conv_im2col)
@@ -395,11 +398,7 @@ def _strided_conv_fast(
     return _conv_space_to_depth(inputs, weights, stride, pads, valid_conv)
 
   def kernel_grad(inputs, weights, dy):
-    return _kernel_grad_in_batch_chunks(
-      lambda x_part, dy_part: _kernel_grad_of(plain)(x_part, weights, dy_part),
-      inputs,
-      dy,
-    )
+    return _kernel_grad_in_batch_chunks(_kernel_grad_of(plain), inputs, weights, dy)
 
   conv = _with_gradient_forms(plain, _input_grad_of(space_to_depth_form), kernel_grad)
   return conv(x, kernel)
@@ -420,15 +419,12 @@ def _conv_transpose_fast(
   def plain(inputs, weights):
     return _conv_transpose_plain(inputs, weights, strides, pads)
 
+  def adjoint(dy, weights):
+    return _conv_plain(dy, _adjoint_kernel(weights), strides, adjoint_pads)
+
   def kernel_grad(inputs, weights, dy):
-    def adjoint_kernel_grad(dy_part, x_part):
-      def adjoint(w):
-        return _conv_plain(dy_part, _adjoint_kernel(w), strides, adjoint_pads)
-
-      return jax.linear_transpose(adjoint, weights)(x_part)[0]
-
-    # The adjoint conv's input is dy: chunk by its size.
-    return _kernel_grad_in_batch_chunks(adjoint_kernel_grad, dy, inputs)
+    # The adjoint conv maps dy to x: its input, the one chunked, is dy.
+    return _kernel_grad_in_batch_chunks(_kernel_grad_of(adjoint), dy, weights, inputs)
 
   conv_transpose = _with_gradient_forms(
     lambda inputs, weights: _conv_transpose_phases(inputs, weights, stride, pads),
