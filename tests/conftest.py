@@ -7,24 +7,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
-from configs import mipae_dsprites  # noqa: E402
 from mipae_jax import reproduce  # noqa: E402
 
 
-def tiny_config(data_dir, method_config=mipae_dsprites, **overrides):
-  """The paper config at the reproduction's `tiny` scale (seconds per stage).
+def tiny_config(data_dir, method="mipae", /, **overrides):
+  """The Moving dSprites config of `method` at the reproduction's `tiny` scale.
 
-  `overrides` are dotted config fields, e.g. **{"model.pose_dim": 7}.
+  `overrides` are dotted config fields, e.g. **{"model.pose_dim": 7}; the
+  positional-only `method` leaves **{"method": ...} to them.
   """
-  config = method_config.get_config()
-  fields = {
-    **reproduce.scale_overrides("tiny", config),
-    "dataset.data_dir": str(data_dir),
-    **overrides,
-  }
-  for field, value in fields.items():
-    reproduce.set_field(config, field, value)
-  return config
+  return reproduce.build_config(
+    "moving_dsprites", method, "tiny", data_dir=str(data_dir), overrides=overrides
+  )
 
 
 @pytest.fixture(scope="session")

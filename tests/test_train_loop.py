@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from configs import drnet_dsprites
 from mipae_jax import (
   checkpointing,
   config_validation,
@@ -99,7 +98,7 @@ def test_checkpoint_of_another_experiment_is_refused_before_compiling(
     checkpointing.CheckpointError, match="pose_dim: checkpoint=5 vs config=7"
   ):
     train.train_and_evaluate(wrong_pose, str(trained_workdir))
-  drnet = tiny_config(dsprites_data_dir, drnet_dsprites)
+  drnet = tiny_config(dsprites_data_dir, "drnet")
   with pytest.raises(checkpointing.CheckpointError, match="method: checkpoint='mipae'"):
     train.train_and_evaluate(drnet, str(trained_workdir))
 
