@@ -7,9 +7,10 @@ and the prediction rollout, with achieved FLOP/s against a matmul peak.
 
 Prints one Markdown table. FLOPs come from XLA's cost analysis of the
 compiled step; the peak is a 2048x2048 float32 matmul timed in the same run.
-With --torch_python (an interpreter that has torch), the PyTorch reference
-step of ../shared/bench/ref_mipae_torch.py is timed beside ours; mipae-jax
-itself never imports torch.
+With --torch_python (an interpreter that has torch), the PyTorch peers are
+timed beside ours: ../shared/bench/ref_mipae_torch.py for MIPAE and
+torch_step_reference.py for DRNET and the stage-2 step; mipae-jax itself
+never imports torch.
 """
 
 import functools
@@ -45,6 +46,8 @@ flags.DEFINE_string("torch_python", None, "Python with torch, for the reference.
 _REF_SCRIPT = (
   pathlib.Path(__file__).resolve().parents[2] / "shared/bench/ref_mipae_torch.py"
 )
+# PyTorch peers of the DRNET step and the stage-2 step (this directory).
+_PEER_SCRIPT = pathlib.Path(__file__).resolve().parent / "torch_step_reference.py"
 
 
 def _median_seconds(fn, steps: int) -> float:
@@ -135,17 +138,31 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   return step_seconds, flops, batch_size / rollout_seconds
 
 
-def torch_reference(batch_size: int) -> float | None:
-  if FLAGS.torch_python is None or not _REF_SCRIPT.exists():
+def torch_reference(step: str, batch_size: int, horizon: int = 10) -> float | None:
+  """Median seconds of the PyTorch peer of `step` (mipae, drnet or lstm)."""
+  if FLAGS.torch_python is None:
     return None
+  if step == "mipae":
+    if not _REF_SCRIPT.exists():
+      return None
+    command = [str(_REF_SCRIPT), str(batch_size), str(FLAGS.steps)]
+  else:
+    command = [str(_PEER_SCRIPT), step, str(batch_size), str(FLAGS.steps)]
+    command.append(f"--horizon={horizon}")
   out = subprocess.run(
-    [FLAGS.torch_python, str(_REF_SCRIPT), str(batch_size), str(FLAGS.steps)],
-    capture_output=True,
-    text=True,
-    check=True,
+    [FLAGS.torch_python, *command], capture_output=True, text=True, check=True
   ).stdout
   match = re.search(r"median_s_per_step=([0-9.]+)", out)
   return float(match.group(1)) if match else None
+
+
+def _torch_row(name: str, batch_size: int, seconds: float | None, frames: int) -> None:
+  if seconds is not None:
+    print(
+      f"| PyTorch {name} | {batch_size} | - | float32 | {seconds:.3f} | "
+      f"{1 / seconds:.2f} | {frames / seconds:.0f} | - | - |",
+      flush=True,
+    )
 
 
 def main(argv):
@@ -174,13 +191,9 @@ def main(argv):
             f"{100 * flops / seconds / peak:.0f} |",
             flush=True,
           )
-    reference = torch_reference(batch_size)
-    if reference is not None:
-      print(
-        f"| PyTorch reference MIPAE | {batch_size} | - | float32 | {reference:.3f} | "
-        f"{1 / reference:.2f} | {2 * batch_size / reference:.0f} | - | - |",
-        flush=True,
-      )
+    for method in FLAGS.methods:
+      reference = torch_reference(method, batch_size)
+      _torch_row(f"reference {method.upper()}", batch_size, reference, 2 * batch_size)
     if FLAGS.lstm:
       for horizon in (10, 30):
         seconds, flops, sequences = time_lstm(batch_size, horizon)
@@ -189,6 +202,10 @@ def main(argv):
           f"{1 / seconds:.2f} | {batch_size * (5 + horizon) / seconds:.0f} | "
           f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / peak:.0f} |",
           flush=True,
+        )
+        reference = torch_reference("lstm", batch_size, horizon)
+        _torch_row(
+          f"stage 2, 5->{horizon}", batch_size, reference, batch_size * (5 + horizon)
         )
         print(
           f"| rollout+decode 5->{horizon} | {batch_size} | - | float32 | "

@@ -113,6 +113,29 @@ def test_fast_equals_plain_in_its_large_batch_forms(name, monkeypatch):
   _check_fast_equals_plain(name)
 
 
+@pytest.mark.parametrize("name", sorted(_DCGAN_LAYERS))
+def test_fast_equals_plain_in_its_matrix_forms(name, monkeypatch):
+  """Every strided layer with the im2col / col2im forward of small maps."""
+  monkeypatch.setattr(layers, "MATRIX_FORM_MAX_PIXELS", 10**9)
+  _check_fast_equals_plain(name)
+
+
+def _forward_convolutions(impl, name):
+  """Convolution ops in the compiled forward of a DCGAN layer."""
+  ours, _, shape, features, settings = _DCGAN_LAYERS[name]
+  module = ours(features, impl=impl, **settings)
+  x = jnp.zeros(shape)
+  variables = module.init(jax.random.key(0), x)
+  hlo = jax.jit(module.apply).lower(variables, x).compile().as_text()
+  return [line for line in hlo.splitlines() if "convolution(" in line]
+
+
+@pytest.mark.parametrize("name", ["enc4", "dec2"])
+def test_small_maps_run_forward_as_one_matrix_product(name):
+  assert _forward_convolutions("plain", name)  # the check can fail
+  assert not _forward_convolutions("fast", name)
+
+
 @pytest.mark.parametrize("name", ["enc2", "enc5", "dec1", "dec3", "dec5_rgb_skip"])
 def test_fast_equals_plain_in_bfloat16(name):
   ours, _, shape, features, settings = _DCGAN_LAYERS[name]
@@ -140,9 +163,12 @@ def test_fast_equals_plain_in_bfloat16(name):
   ],
 )
 @pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("matrix_forms", [False, True])
 def test_fast_equals_flax_beyond_the_dcgan_settings(
-  kernel_size, strides, padding, spatial, transposed
+  kernel_size, strides, padding, spatial, transposed, matrix_forms, monkeypatch
 ):
+  if matrix_forms:
+    monkeypatch.setattr(layers, "MATRIX_FORM_MAX_PIXELS", 10**9)
   ours, twin = (
     (layers.ConvTranspose2D, nn.ConvTranspose)
     if transposed
