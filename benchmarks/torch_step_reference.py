@@ -122,7 +122,7 @@ def drnet_step_fn(batch: int):
     opt_d.zero_grad()
     loss_d.backward()
     opt_d.step()
-    return float(recon)
+    return recon.item()
 
   return step
 
@@ -175,7 +175,7 @@ def lstm_step_fn(batch: int, horizon: int):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
   return step
 

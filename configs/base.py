@@ -44,6 +44,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Convolution implementation: "fast" (exact reformulations that are
   # quick on CPU, see models/layers.py) or "plain" (nn.Conv/ConvTranspose).
   config.model.conv_impl = "fast"
+  # Frames per device in each call of a frozen encoder (stage 2, prediction,
+  # evaluation); the frames are run in consecutive calls of about this many.
+  # 16 keeps XLA CPU's working set in cache (stage 2 is 1.2-1.4x faster
+  # than in one call); 0 runs them all in one call (use 0 on GPU / TPU).
+  config.model.inference_frames_per_call = 16
   # Activation dtype: "float32", or "bfloat16" (parameters and optimiser
   # state stay float32).
   config.model.dtype = "float32"

@@ -4,6 +4,7 @@ Pure functions of (params, batch_stats) dicts keyed by network name, used by
 image summaries, the pose LSTM stage, prediction and evaluation.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,27 +26,55 @@ def _variables(params: Variables, batch_stats: Variables, name: str) -> Variable
   return {"params": params[name], "batch_stats": batch_stats[name]}
 
 
+def _in_calls(
+  encode: Callable[[jnp.ndarray], Any], frames: jnp.ndarray, frames_per_call: int
+) -> Any:
+  """encode(frames) for an encoder in inference mode, run in several calls.
+
+  Each frame's code depends on that frame alone (BatchNorm uses its running
+  statistics), so the frames can go through in `lax.map` calls of about
+  `frames_per_call` per device: XLA CPU's convolutions run 1.2-1.5x faster
+  on such cache-sized batches than on one batch of thousands of frames. Call
+  j takes frames j, j + n, j + 2n, ... (n calls), so frames sharded over the
+  batch axis stay where they are. 0, or too few frames, makes one call.
+  """
+  num_frames = frames.shape[0]
+  target = num_frames // (frames_per_call * jax.device_count() or num_frames)
+  calls = max(k for k in range(1, max(target, 1) + 1) if num_frames % k == 0)
+  if calls == 1:
+    return encode(frames)
+  chunked = frames.reshape(num_frames // calls, calls, *frames.shape[1:])
+  out = jax.lax.map(encode, jnp.swapaxes(chunked, 0, 1))
+  return jax.tree.map(
+    lambda x: jnp.swapaxes(x, 0, 1).reshape(num_frames, *x.shape[2:]), out
+  )
+
+
 def encode_content(
   networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
 ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
   """E_c(x) for frames [N, H, W, C]: (z_c [N, |z_c|], skips)."""
-  return networks.content_encoder.apply(
-    _variables(params, batch_stats, "content_encoder"),
-    to_float_frames(frames),
-    train=False,
-  )
+  variables = _variables(params, batch_stats, "content_encoder")
+
+  def encode(chunk):
+    return networks.content_encoder.apply(
+      variables, to_float_frames(chunk), train=False
+    )
+
+  return _in_calls(encode, frames, networks.inference_frames_per_call)
 
 
 def encode_pose(
   networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
 ) -> jnp.ndarray:
   """E_p(x) for frames [N, H, W, C]: z_p [N, |z_p|]."""
-  out = networks.pose_encoder.apply(
-    _variables(params, batch_stats, "pose_encoder"),
-    to_float_frames(frames),
-    train=False,
-  )
-  return out[0] if isinstance(out, tuple) else out
+  variables = _variables(params, batch_stats, "pose_encoder")
+
+  def encode(chunk):
+    out = networks.pose_encoder.apply(variables, to_float_frames(chunk), train=False)
+    return out[0] if isinstance(out, tuple) else out
+
+  return _in_calls(encode, frames, networks.inference_frames_per_call)
 
 
 def decode(

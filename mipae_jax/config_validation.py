@@ -46,6 +46,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "model.conv_impl", CONV_IMPLS)
   _choice(config, "model.dtype", DTYPES)
   _choice(config, "loss.recon_target", RECON_TARGETS)
+  frames_per_call = config.model.inference_frames_per_call
+  _require(
+    isinstance(frames_per_call, int) and frames_per_call >= 0,
+    f"config.model.inference_frames_per_call={frames_per_call!r} must be an "
+    "integer >= 0 (0: all frames in one call).",
+  )
   _positive(
     config,
     "batch_size",

@@ -122,6 +122,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
     ("dataset.num_frames", 1, "need >= 2"),
     ("loss.recon_target", "next", "config.loss.recon_target"),
     ("model.pose_dim", 0, "config.model.pose_dim=0"),
+    ("model.inference_frames_per_call", -1, "inference_frames_per_call=-1"),
   ],
 )
 def test_impossible_config_values_are_named(field, value, message, tmp_path):

@@ -22,6 +22,8 @@ class Networks:
   decoder: nn.Module
   critic: nn.Module
   skip_connections: bool
+  # Frames per device in each call of a frozen encoder; 0: one call.
+  inference_frames_per_call: int = 0
 
 
 def build_networks(config: ml_collections.ConfigDict, channels: int) -> Networks:
@@ -54,5 +56,10 @@ def build_networks(config: ml_collections.ConfigDict, channels: int) -> Networks
   else:
     critic = critics.scene_discriminator(model.scene_discriminator_hidden)
   return Networks(
-    content_encoder, pose_encoder, decoder, critic, model.skip_connections
+    content_encoder,
+    pose_encoder,
+    decoder,
+    critic,
+    model.skip_connections,
+    model.inference_frames_per_call,
   )
