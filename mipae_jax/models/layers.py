@@ -60,7 +60,7 @@ IM2COL_MAX_BYTES = 32 * 2**20
 # transposed conv: its output, resp. its input) have their forward computed
 # as one matrix product (im2col, resp. product then col2im) while that product's
 # patch matrix fits in IM2COL_MAX_BYTES: XLA CPU's convolution kernels run
-# narrow maps at 60-75 % of the speed of the same products as one matmul.
+# narrow maps at 65-80 % of the speed of the same products as one matmul.
 MATRIX_FORM_MAX_PIXELS = 16
 # Kernel gradients of big-batch convs are summed over batch chunks whose
 # input is about this size (cache-sized pieces run 1.3-1.7x faster on XLA CPU).
