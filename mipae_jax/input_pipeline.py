@@ -73,13 +73,17 @@ class _VideoPrefixDecoder(tfds.decode.Decoder):
     return f"_VideoPrefixDecoder(num_frames={self._num_frames})"
 
   def setup(self, *, feature: tfds.features.Tensor) -> None:
-    # TFDS calls setup before decoding every example.
-    if self._feature is feature:
+    # TFDS calls setup before decoding every example, from grain's reader
+    # threads at once. The marker is set after the derived fields, so a
+    # thread that skips the set-up finds them (the base class's `_feature`
+    # is set before them: checking it raced).
+    if getattr(self, "_set_up_for", None) is feature:
       return
     super().setup(feature=feature)
     self._frame_shape = tuple(feature.shape[1:])
     self._dtype = np.dtype(feature.np_dtype)
     self._encoding = feature.to_json_content().encoding
+    self._set_up_for = feature
 
   def decode_example(self, serialized_example: bytes) -> np.ndarray:
     return self.decode_example_np(serialized_example)

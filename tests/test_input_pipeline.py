@@ -276,3 +276,15 @@ def test_corrupted_video_records_are_clear_errors(dataset_config):
     decoder.decode_example_np(b"not zlib data")
   with pytest.raises(ValueError, match="Corrupted video record: 5 bytes"):
     decoder.decode_example_np(zlib.compress(b"short"))
+
+
+def test_video_decoder_sets_itself_up_when_another_thread_is_midway():
+  """Grain's reader threads call setup at once: the base `_feature` may be set
+  before the fields the decoder derives from it."""
+  feature = tfds.features.Tensor(shape=(6, 2, 3, 1), dtype=np.uint8)
+  decoder = input_pipeline._VideoPrefixDecoder(num_frames=4)
+  tfds.decode.Decoder.setup(decoder, feature=feature)  # a thread midway
+  decoder.setup(feature=feature)
+  video = np.arange(36, dtype=np.uint8).reshape(6, 2, 3, 1)
+  decoded = decoder.decode_example_np(video.tobytes())
+  np.testing.assert_array_equal(decoded, video[:4])
