@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mipae_jax.models import layers
 from mipae_jax.models.networks import Networks
 
 Variables = dict[str, Any]
@@ -39,8 +40,10 @@ def _in_calls(
   batch axis stay where they are. 0, or too few frames, makes one call.
   """
   num_frames = frames.shape[0]
-  target = num_frames // (frames_per_call * jax.device_count() or num_frames)
-  calls = max(k for k in range(1, max(target, 1) + 1) if num_frames % k == 0)
+  calls = 1
+  if frames_per_call > 0:
+    wanted = num_frames // (frames_per_call * jax.device_count())
+    calls = layers.num_batch_chunks(num_frames, wanted)
   if calls == 1:
     return encode(frames)
   chunked = frames.reshape(num_frames // calls, calls, *frames.shape[1:])

@@ -68,6 +68,7 @@ class _VideoPrefixDecoder(tfds.decode.Decoder):
   def __init__(self, num_frames: int):
     super().__init__()
     self._num_frames = num_frames
+    self._set_up_for = None  # the feature the derived fields below belong to
 
   def __repr__(self) -> str:  # Grain checks data source reprs on restore.
     return f"_VideoPrefixDecoder(num_frames={self._num_frames})"
@@ -77,7 +78,7 @@ class _VideoPrefixDecoder(tfds.decode.Decoder):
     # threads at once. The marker is set after the derived fields, so a
     # thread that skips the set-up finds them (the base class's `_feature`
     # is set before them: checking it raced).
-    if getattr(self, "_set_up_for", None) is feature:
+    if self._set_up_for is feature:
       return
     super().setup(feature=feature)
     self._frame_shape = tuple(feature.shape[1:])

@@ -23,6 +23,14 @@ def trained_like_main():
   return networks, params, batch_stats
 
 
+def _lowered_encode_pose(networks, params, batch_stats, frames) -> str:
+  return (
+    jax.jit(autoencoder.encode_pose, static_argnums=0)
+    .lower(networks, params, batch_stats, frames)
+    .as_text()
+  )
+
+
 def _frames(count):
   rng = np.random.default_rng(0)
   return rng.integers(0, 256, (count, 64, 64, 3), dtype=np.uint8)
@@ -35,11 +43,7 @@ def test_encoding_in_several_calls_equals_one_call(
   networks, params, batch_stats = trained_like_main
   frames = _frames(6 * jax.device_count())
   chunked = dataclasses.replace(networks, inference_frames_per_call=frames_per_call)
-  hlo = (
-    jax.jit(autoencoder.encode_pose, static_argnums=0)
-    .lower(chunked, params, batch_stats, frames)
-    .as_text()
-  )
+  hlo = _lowered_encode_pose(chunked, params, batch_stats, frames)
   per_call = frames.shape[0] // calls
   assert f"tensor<{calls}x{per_call}x64x64x3xui8>" in hlo  # the frames, by call
   for encode in (autoencoder.encode_pose, autoencoder.encode_content):
@@ -53,13 +57,7 @@ def test_encoding_in_several_calls_equals_one_call(
 def test_encoding_in_calls_is_a_loop_over_chunks(trained_like_main):
   networks, params, batch_stats = trained_like_main
   frames = _frames(8 * jax.device_count())
-
-  def hlo(nets):
-    return (
-      jax.jit(autoencoder.encode_pose, static_argnums=0)
-      .lower(nets, params, batch_stats, frames)
-      .as_text()
-    )
-
-  assert "while" not in hlo(networks)  # one call: the check can fail
-  assert "while" in hlo(dataclasses.replace(networks, inference_frames_per_call=2))
+  one_call = _lowered_encode_pose(networks, params, batch_stats, frames)
+  chunked = dataclasses.replace(networks, inference_frames_per_call=2)
+  assert "while" not in one_call  # the check can fail
+  assert "while" in _lowered_encode_pose(chunked, params, batch_stats, frames)

@@ -35,6 +35,7 @@ Inputs are NHWC with one batch axis; kernels are HWIO, as in flax.
 docs/performance.md and benchmarks/layer_throughput.py give the measurements.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -345,10 +346,10 @@ def _kernel_grad_of(form: Callable[[jax.Array, jax.Array], jax.Array]):
   return kernel_grad
 
 
-def _num_batch_chunks(batch_size: int, sample_bytes: int) -> int:
-  """Largest divisor of batch_size up to batch bytes / KERNEL_GRAD_CHUNK_BYTES."""
-  target = max(1, batch_size * sample_bytes // KERNEL_GRAD_CHUNK_BYTES)
-  return max(k for k in range(1, min(target, batch_size) + 1) if batch_size % k == 0)
+def num_batch_chunks(batch_size: int, chunks_wanted: int) -> int:
+  """The largest divisor of batch_size that is at most chunks_wanted (>= 1)."""
+  bound = min(max(chunks_wanted, 1), batch_size)
+  return max(k for k in range(1, bound + 1) if batch_size % k == 0)
 
 
 def _kernel_grad_in_batch_chunks(
@@ -365,7 +366,8 @@ def _kernel_grad_in_batch_chunks(
   inside loops slowly.
   """
   batch_size = inputs.shape[0]
-  count = _num_batch_chunks(batch_size, inputs[0].size * inputs.dtype.itemsize)
+  batch_bytes = inputs.size * inputs.dtype.itemsize
+  count = num_batch_chunks(batch_size, batch_bytes // KERNEL_GRAD_CHUNK_BYTES)
   if count == 1:
     return kernel_grad(inputs, kernel, cotangents)
 
@@ -437,7 +439,7 @@ def _conv_transpose_fast(
     ),
     kernel.shape[-1],
   )
-  patch_bytes = x[..., :1].size * kernel[..., 0, :].size * x.dtype.itemsize
+  patch_bytes = math.prod(x.shape[:-1]) * kernel[..., 0, :].size * x.dtype.itemsize
 
   def adjoint(dy, weights):
     return _conv_plain(dy, _adjoint_kernel(weights), strides, adjoint_pads)
@@ -458,14 +460,12 @@ def _conv_transpose_fast(
     # The adjoint conv maps dy to x: its input, the one chunked, is dy.
     return _kernel_grad_in_batch_chunks(_kernel_grad_of(adjoint), dy, weights, inputs)
 
+  def sub_pixel_form(inputs, weights):
+    return _conv_transpose_phases(inputs, weights, stride, pads)
+
   small_map = x.shape[1] * x.shape[2] <= MATRIX_FORM_MAX_PIXELS
-  if small_map and patch_bytes <= IM2COL_MAX_BYTES:
-    forward = col2im_form
-  else:
-
-    def forward(inputs, weights):
-      return _conv_transpose_phases(inputs, weights, stride, pads)
-
+  fits = patch_bytes <= IM2COL_MAX_BYTES
+  forward = col2im_form if small_map and fits else sub_pixel_form
   conv_transpose = _with_gradient_forms(
     forward, lambda inputs, weights, dy: adjoint_fast(dy, weights), kernel_grad
   )
