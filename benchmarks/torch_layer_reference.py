@@ -33,7 +33,7 @@ _LAYERS = (
 )
 
 
-def _block(layer: nn.Module, channels: int) -> nn.Sequential:
+def conv_block(layer: nn.Module, channels: int) -> nn.Sequential:
   return nn.Sequential(layer, nn.BatchNorm2d(channels), nn.LeakyReLU(0.2))
 
 
@@ -42,9 +42,9 @@ def encoder() -> nn.Sequential:
   return nn.Sequential(
     nn.Conv2d(_IMAGE_CHANNELS, 64, 4, 2, 1),
     nn.LeakyReLU(0.2),
-    _block(nn.Conv2d(64, 128, 4, 2, 1), 128),
-    _block(nn.Conv2d(128, 256, 4, 2, 1), 256),
-    _block(nn.Conv2d(256, 512, 4, 2, 1), 512),
+    conv_block(nn.Conv2d(64, 128, 4, 2, 1), 128),
+    conv_block(nn.Conv2d(128, 256, 4, 2, 1), 256),
+    conv_block(nn.Conv2d(256, 512, 4, 2, 1), 512),
     nn.Conv2d(512, _CONTENT_DIM, 4, 1, 0),
     nn.BatchNorm2d(_CONTENT_DIM),
     nn.Tanh(),
@@ -54,10 +54,10 @@ def encoder() -> nn.Sequential:
 def decoder() -> nn.Sequential:
   """DCGAN 64x64 decoder from content + pose codes, as the reference step's."""
   return nn.Sequential(
-    _block(nn.ConvTranspose2d(_CONTENT_DIM + _POSE_DIM, 512, 4, 1, 0), 512),
-    _block(nn.ConvTranspose2d(512, 256, 4, 2, 1), 256),
-    _block(nn.ConvTranspose2d(256, 128, 4, 2, 1), 128),
-    _block(nn.ConvTranspose2d(128, 64, 4, 2, 1), 64),
+    conv_block(nn.ConvTranspose2d(_CONTENT_DIM + _POSE_DIM, 512, 4, 1, 0), 512),
+    conv_block(nn.ConvTranspose2d(512, 256, 4, 2, 1), 256),
+    conv_block(nn.ConvTranspose2d(256, 128, 4, 2, 1), 128),
+    conv_block(nn.ConvTranspose2d(128, 64, 4, 2, 1), 64),
     nn.ConvTranspose2d(64, _IMAGE_CHANNELS, 4, 2, 1),
     nn.Sigmoid(),
   )

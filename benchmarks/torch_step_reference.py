@@ -29,46 +29,25 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_layer_reference import conv_block, decoder  # the same DCGAN decoder
 
 _CHANNELS, _FRAMES, _CONTENT_DIM, _POSE_DIM, _CONTEXT = 3, 15, 128, 5, 5
 
 
-def _down(cin: int, cout: int) -> nn.Sequential:
-  return nn.Sequential(
-    nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)
-  )
-
-
-def _up(cin: int, cout: int) -> nn.Sequential:
-  return nn.Sequential(
-    nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)
-  )
-
-
 def encoder(dim: int) -> nn.Sequential:
-  """DCGAN 64x64 encoder to a [B, dim, 1, 1] code in [-1, 1]."""
-  return nn.Sequential(
-    _down(_CHANNELS, 64),
-    _down(64, 128),
-    _down(128, 256),
-    _down(256, 512),
-    nn.Conv2d(512, dim, 4, 1, 0),
-    nn.BatchNorm2d(dim),
-    nn.Tanh(),
-  )
+  """DCGAN 64x64 encoder to a [B, dim, 1, 1] code in [-1, 1].
 
-
-def decoder() -> nn.Sequential:
-  """Mirror of `encoder`: concat(z_c, z_p) [B, 133, 1, 1] -> [B, 3, 64, 64]."""
+  BatchNorm follows every block, the first too, as in mipae-jax's
+  DCGANEncoder (the shared MIPAE script and torch_layer_reference.py leave
+  it out of the first block).
+  """
+  channels = (_CHANNELS, 64, 128, 256, 512)
+  blocks = [
+    conv_block(nn.Conv2d(cin, cout, 4, 2, 1), cout)
+    for cin, cout in zip(channels[:-1], channels[1:], strict=True)
+  ]
   return nn.Sequential(
-    nn.ConvTranspose2d(_CONTENT_DIM + _POSE_DIM, 512, 4, 1, 0),
-    nn.BatchNorm2d(512),
-    nn.LeakyReLU(0.2),
-    _up(512, 256),
-    _up(256, 128),
-    _up(128, 64),
-    nn.ConvTranspose2d(64, _CHANNELS, 4, 2, 1),
-    nn.Sigmoid(),
+    *blocks, nn.Conv2d(512, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh()
   )
 
 
