@@ -16,6 +16,7 @@ from clu import metric_writers, metrics, periodic_actions
 from mipae_jax import (
   autoencoder,
   checkpointing,
+  compilation,
   config_validation,
   input_pipeline,
   objectives,
@@ -283,6 +284,7 @@ def make_train_step(
     in_shardings=(state_sharding, batch_sharding, replicated),
     out_shardings=(state_sharding, replicated),
     donate_argnums=0,
+    compiler_options=compilation.compiler_options(config),
   )
 
 
