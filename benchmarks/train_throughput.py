@@ -4,20 +4,17 @@ and the prediction rollout, with achieved FLOP/s against a matmul peak.
   python benchmarks/train_throughput.py                       # batch 16 and 100
   python benchmarks/train_throughput.py --batch_sizes=16 --conv_impls=fast,plain
   python benchmarks/train_throughput.py --torch_python=/path/to/venv/bin/python
-  python benchmarks/train_throughput.py --xla_defaults --lstm=false
 
 Prints one Markdown table. FLOPs come from XLA's cost analysis of the
 compiled step; the peak is a 2048x2048 float32 matmul timed in the same run.
 With --torch_python (an interpreter that has torch), the PyTorch peers are
 timed beside ours: ../shared/bench/ref_mipae_torch.py for MIPAE and
 torch_step_reference.py for DRNET and the stage-2 step; mipae-jax itself
-never imports torch. --xla_defaults adds each main step compiled with XLA's
-default options (config.cpu_compiler_options = {}) beside the configured ones.
+never imports torch.
 """
 
 import dataclasses
 import functools
-import itertools
 import os
 import pathlib
 import re
@@ -28,14 +25,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import drnet_dsprites, mipae_dsprites  # noqa: E402
-from mipae_jax import compilation, predict, sharding, train, train_lstm  # noqa: E402
+from mipae_jax import predict, sharding, train, train_lstm  # noqa: E402
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -47,9 +43,6 @@ flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 flags.DEFINE_integer("num_frames", 15, "Frames per training video (C + T).")
 flags.DEFINE_bool("lstm", True, "Also time the stage-2 step and the rollout.")
 flags.DEFINE_string("torch_python", None, "Python with torch, for the reference.")
-flags.DEFINE_bool(
-  "xla_defaults", False, "Also time the main steps with XLA's default options."
-)
 
 _REF_SCRIPT = (
   pathlib.Path(__file__).resolve().parents[2] / "shared/bench/ref_mipae_torch.py"
@@ -84,12 +77,8 @@ def _flops(compiled) -> float:
   return float(analysis.get("flops", float("nan")))
 
 
-def time_main_step(
-  method: str, batch_size: int, conv_impl: str, dtype: str, xla_defaults: bool
-):
+def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
   config = (mipae_dsprites if method == "mipae" else drnet_dsprites).get_config()
-  if xla_defaults:
-    config.cpu_compiler_options = ml_collections.ConfigDict()
   config.batch_size = batch_size
   config.model.conv_impl = conv_impl
   config.model.dtype = dtype
@@ -131,8 +120,7 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   lstm_config = config.lstm.copy_and_resolve_references()
   lstm_config.num_context, lstm_config.num_future = context, horizon
   step_fn = jax.jit(
-    functools.partial(train_lstm.lstm_train_step, predictor, lstm_config),
-    compiler_options=compilation.compiler_options(config),
+    functools.partial(train_lstm.lstm_train_step, predictor, lstm_config)
   )
   # XLA's cost analysis counts a loop body once: take the FLOPs of the same
   # step with the frozen encoders in one call (the LSTM's scan is still
@@ -202,18 +190,14 @@ def main(argv):
     "| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |"
   )
   print("|---|---|---|---|---|---|---|---|---|")
-  options = (False, True) if FLAGS.xla_defaults else (False,)
   for batch_size in map(int, FLAGS.batch_sizes):
     for method in FLAGS.methods:
       for conv_impl in FLAGS.conv_impls:
-        for dtype, xla_defaults in itertools.product(FLAGS.dtypes, options):
-          seconds, flops = time_main_step(
-            method, batch_size, conv_impl, dtype, xla_defaults
-          )
-          label = f"{method} main" + (", XLA defaults" if xla_defaults else "")
+        for dtype in FLAGS.dtypes:
+          seconds, flops = time_main_step(method, batch_size, conv_impl, dtype)
           # Each step reads two frames of every video of the batch.
           print(
-            f"| {label} | {batch_size} | {conv_impl} | {dtype} | {seconds:.3f} | "
+            f"| {method} main | {batch_size} | {conv_impl} | {dtype} | {seconds:.3f} | "
             f"{1 / seconds:.2f} | {2 * batch_size / seconds:.0f} | {flops / seconds / 1e9:.1f} | "
             f"{100 * flops / seconds / peak:.0f} |",
             flush=True,

@@ -57,15 +57,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Hidden width of DRNET's scene_discriminator (256 in DRNET's reference).
   config.model.scene_discriminator_hidden = 256
 
-  # XLA options the training steps are compiled with on the CPU backend
-  # (jax.jit compiler_options; ignored on GPU / TPU). 512-bit vectors make
-  # XLA's own fused loops (BatchNorm, activations, layout copies, Adam) use
-  # AVX-512 where the CPU has it (XLA's default is 256): the MIPAE step is
-  # 4-10 % faster on a 2-core AVX-512 machine. {} gives XLA's defaults.
-  config.cpu_compiler_options = ml_collections.ConfigDict(
-    {"xla_cpu_prefer_vector_width": 512}
-  )
-
   config.loss = ml_collections.ConfigDict()
   # alpha in eq. 5, weight of L_sim (eq. 1). Paper: 1.
   config.loss.sim_weight = 1.0

@@ -16,7 +16,6 @@ from clu import metric_writers, metrics, periodic_actions
 from mipae_jax import (
   autoencoder,
   checkpointing,
-  compilation,
   config_validation,
   input_pipeline,
   objectives,
@@ -284,7 +283,6 @@ def make_train_step(
     in_shardings=(state_sharding, batch_sharding, replicated),
     out_shardings=(state_sharding, replicated),
     donate_argnums=0,
-    compiler_options=compilation.compiler_options(config),
   )
 
 

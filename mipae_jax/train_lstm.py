@@ -21,7 +21,6 @@ from clu import metric_writers, metrics, periodic_actions
 from mipae_jax import (
   autoencoder,
   checkpointing,
-  compilation,
   config_validation,
   input_pipeline,
   predict,
@@ -202,7 +201,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
     in_shardings=(replicated, state_sharding, sharding.batch_sharding(mesh)),
     out_shardings=(state_sharding, replicated, replicated),
     donate_argnums=1,
-    compiler_options=compilation.compiler_options(config),
   )
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0, collection="lstm"

@@ -4,13 +4,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from configs import drnet_dsprites, mipae_dsprites
-from mipae_jax import compilation, sharding, train
+from mipae_jax import sharding, train
 from mipae_jax.models import dcgan
 from mipae_jax.models.networks import build_networks
 
@@ -214,28 +213,3 @@ def test_bfloat16_training_tracks_float32():
     np.testing.assert_allclose(
       losses["bfloat16"][key], losses["float32"][key], rtol=0.05
     )
-
-
-def test_cpu_compiler_options_change_how_the_step_runs_not_what_it_computes():
-  """config.cpu_compiler_options (512-bit vectors) against XLA's defaults."""
-  results = {}
-  for name, options in (("tuned", {"xla_cpu_prefer_vector_width": 512}), ("xla", {})):
-    config = _small(mipae_dsprites)
-    config.cpu_compiler_options = ml_collections.ConfigDict(options)
-    assert compilation.compiler_options(config) == (options or None)
-    results[name] = _sgd_steps(config, jax.devices()[:1])
-  _assert_same_step(results["tuned"], results["xla"])
-
-
-@pytest.mark.parametrize(
-  "options, message",
-  [
-    ({"xla_cpu_no_such_option": 1}, "No such compile option: 'xla_cpu_no_such_option'"),
-    ({"xla_cpu_prefer_vector_width": "wide"}, "not a valid int32 value"),
-  ],
-)
-def test_options_xla_refuses_are_named_before_the_step_compiles(options, message):
-  config = _small(mipae_dsprites)
-  config.cpu_compiler_options = ml_collections.ConfigDict(options)
-  with pytest.raises(ValueError, match=r"config\.cpu_compiler_options=.*" + message):
-    train.make_train_step(None, config, sharding.create_mesh(), None)
