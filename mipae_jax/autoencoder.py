@@ -35,9 +35,9 @@ def _in_calls(
   Each frame's code depends on that frame alone (BatchNorm uses its running
   statistics), so the frames can go through in `lax.map` calls of about
   `frames_per_call` per device: XLA CPU's convolutions run 1.2-1.5x faster
-  on such cache-sized batches than on one batch of thousands of frames. Call
-  j takes frames j, j + n, j + 2n, ... (n calls), so frames sharded over the
-  batch axis stay where they are. 0, or too few frames, makes one call.
+  on such cache-sized batches than on one batch of thousands of frames. The
+  calls take `layers.interleaved_chunks`, so frames sharded over the batch
+  axis stay where they are. 0, or too few frames, makes one call.
   """
   num_frames = frames.shape[0]
   calls = 1
@@ -46,8 +46,8 @@ def _in_calls(
     calls = layers.num_batch_chunks(num_frames, wanted)
   if calls == 1:
     return encode(frames)
-  chunked = frames.reshape(num_frames // calls, calls, *frames.shape[1:])
-  out = jax.lax.map(encode, jnp.swapaxes(chunked, 0, 1))
+  chunks = layers.interleaved_chunks(frames, calls)
+  out = jax.lax.map(encode, jnp.swapaxes(chunks, 0, 1))
   return jax.tree.map(
     lambda x: jnp.swapaxes(x, 0, 1).reshape(num_frames, *x.shape[2:]), out
   )

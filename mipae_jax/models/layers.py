@@ -352,6 +352,16 @@ def num_batch_chunks(batch_size: int, chunks_wanted: int) -> int:
   return max(k for k in range(1, bound + 1) if batch_size % k == 0)
 
 
+def interleaved_chunks(array: jax.Array, count: int) -> jax.Array:
+  """[B, ...] viewed as [B / count, count, ...]: [:, j] is chunk j.
+
+  Chunk j holds samples j, j + count, j + 2 * count, ...: every chunk takes
+  the same share of each device's part of a batch sharded over devices, so
+  the batch stays where it is.
+  """
+  return array.reshape(array.shape[0] // count, count, *array.shape[1:])
+
+
 def _kernel_grad_in_batch_chunks(
   kernel_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
   inputs: jax.Array,
@@ -361,9 +371,8 @@ def _kernel_grad_in_batch_chunks(
   """sum over batch chunks of kernel_grad(inputs[chunk], kernel, cotangents[chunk]).
 
   A kernel gradient is a sum over the batch, so this is exact up to the order
-  of the float sums. Chunk j holds samples j, j + k, j + 2k, ...: a batch
-  sharded over devices stays where it is. Unrolled, as XLA CPU runs convs
-  inside loops slowly.
+  of the float sums. The chunks are `interleaved_chunks`. Unrolled, as XLA
+  CPU runs convs inside loops slowly.
   """
   batch_size = inputs.shape[0]
   batch_bytes = inputs.size * inputs.dtype.itemsize
@@ -371,11 +380,11 @@ def _kernel_grad_in_batch_chunks(
   if count == 1:
     return kernel_grad(inputs, kernel, cotangents)
 
-  def chunk(array, j):
-    return array.reshape(batch_size // count, count, *array.shape[1:])[:, j]
-
+  input_chunks = interleaved_chunks(inputs, count)
+  cotangent_chunks = interleaved_chunks(cotangents, count)
   return sum(
-    kernel_grad(chunk(inputs, j), kernel, chunk(cotangents, j)) for j in range(count)
+    kernel_grad(input_chunks[:, j], kernel, cotangent_chunks[:, j])
+    for j in range(count)
   )
 
 
