@@ -105,9 +105,15 @@ def test_fast_equals_plain_in_output_and_gradients(name):
   _check_fast_equals_plain(name)
 
 
+def _without_winograd(monkeypatch):
+  """The fast forms that layers too thin for Winograd's (or odd maps) take."""
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 10**9)
+
+
 @pytest.mark.parametrize("name", ["enc2", "enc3", "enc4", "dec2", "dec4", "dec5_gray"])
 def test_fast_equals_plain_in_its_large_batch_forms(name, monkeypatch):
   """Input gradient as a `lax` conv, kernel gradient summed over batch chunks."""
+  _without_winograd(monkeypatch)
   monkeypatch.setattr(layers, "IM2COL_MAX_BYTES", 0)
   monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", 1)  # one sample a chunk
   _check_fast_equals_plain(name)
@@ -116,6 +122,7 @@ def test_fast_equals_plain_in_its_large_batch_forms(name, monkeypatch):
 @pytest.mark.parametrize("name", sorted(_DCGAN_LAYERS))
 def test_fast_equals_plain_in_its_matrix_forms(name, monkeypatch):
   """Every strided layer with the im2col / col2im forward of small maps."""
+  _without_winograd(monkeypatch)
   monkeypatch.setattr(layers, "MATRIX_FORM_MAX_PIXELS", 10**9)
   _check_fast_equals_plain(name)
 
@@ -131,59 +138,77 @@ def _forward_convolutions(impl, name):
 
 
 @pytest.mark.parametrize("name", ["enc4", "dec2"])
-def test_small_maps_run_forward_as_one_matrix_product(name):
+def test_small_maps_run_forward_as_one_matrix_product(name, monkeypatch):
+  _without_winograd(monkeypatch)
   assert _forward_convolutions("plain", name)  # the check can fail
   assert not _forward_convolutions("fast", name)
 
 
-@pytest.mark.parametrize("name", ["enc2", "enc5", "dec1", "dec3", "dec5_rgb_skip"])
-def test_fast_equals_plain_in_bfloat16(name):
+def _convolutions_and_dots(module, x):
+  """(convolution ops, dot ops) in the compiled forward + both gradients."""
+  variables = module.init(jax.random.key(0), x)
+
+  def loss(params, x):
+    return jnp.sum(module.apply({"params": params}, x) ** 2)
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables["params"], x)
+  lines = hlo.compile().as_text().splitlines()
+  return (
+    [line for line in lines if "convolution(" in line],
+    [line for line in lines if " dot(" in line],
+  )
+
+
+@pytest.mark.parametrize("name", ["enc2", "enc3", "enc4", "dec2", "dec3", "dec4"])
+def test_strided_layers_run_as_winograd_tile_products(name):
+  """9 products for each of output, input and kernel gradient; no conv."""
   ours, _, shape, features, settings = _DCGAN_LAYERS[name]
-  x = _normal(shape, seed=0, dtype=jnp.bfloat16)
-  outputs = {}
-  for impl in ("plain", "fast"):
-    module = ours(features, impl=impl, dtype=jnp.bfloat16, **settings)
-    variables = module.init(jax.random.key(1), x)
-    y = jax.jit(module.apply)(variables, x)
-    assert y.dtype == jnp.bfloat16
-    outputs[impl] = y
-  # bfloat16 keeps 8 bits of mantissa; sums of hundreds of terms differ in
-  # rounding order between the two forms.
-  _assert_close(outputs["fast"], outputs["plain"], rtol=3e-2)
+  x = jnp.zeros(shape)
+  convolutions, _ = _convolutions_and_dots(ours(features, impl="plain", **settings), x)
+  assert convolutions  # the check can fail
+  convolutions, dots = _convolutions_and_dots(
+    ours(features, impl="fast", **settings), x
+  )
+  assert not convolutions
+  assert len(dots) == 27
 
 
+@pytest.mark.parametrize("name", ["enc1_rgb", "dec5_rgb_skip"])
+def test_image_layers_do_not_take_the_winograd_form(name):
+  ours, _, shape, features, settings = _DCGAN_LAYERS[name]
+  module = ours(features, impl="fast", **settings)
+  _, dots = _convolutions_and_dots(module, jnp.zeros(shape))
+  assert len(dots) < 27
+
+
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize(
-  "kernel_size, strides, padding, spatial",
+  "kernel_size, strides, padding, conv_map, transposed_map",
   [
-    ((4, 4), (2, 2), "SAME", 9),
-    ((6, 4), (3, 2), ((2, 1), (0, 3)), 7),
-    ((2, 2), (2, 2), ((0, 0), (1, 1)), 5),
-    ((3, 3), (1, 1), "SAME", 5),
-    ((5, 5), (5, 5), "VALID", 5),
+    ((6, 6), (3, 3), ((2, 2), (2, 2)), (12, 6), (2, 4)),
+    ((4, 4), (2, 2), ((0, 3), (2, 1)), (7, 11), (4, 6)),
   ],
 )
-@pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("matrix_forms", [False, True])
-def test_fast_equals_flax_beyond_the_dcgan_settings(
-  kernel_size, strides, padding, spatial, transposed, matrix_forms, monkeypatch
+def test_winograd_form_equals_flax_beyond_the_dcgan_settings(
+  kernel_size, strides, padding, conv_map, transposed_map, transposed
 ):
-  if matrix_forms:
-    monkeypatch.setattr(layers, "MATRIX_FORM_MAX_PIXELS", 10**9)
-  ours, twin = (
-    (layers.ConvTranspose2D, nn.ConvTranspose)
+  """Stride 3, uneven pads, non-square maps: 8 channels on the wide side."""
+  ours, twin, shape, features = (
+    (layers.ConvTranspose2D, nn.ConvTranspose, (2, *transposed_map, 5), 8)
     if transposed
-    else (layers.Conv2D, nn.Conv)
+    else (layers.Conv2D, nn.Conv, (2, *conv_map, 8), 5)
   )
   settings = dict(kernel_size=kernel_size, strides=strides, padding=padding)
-  x = _normal((2, spatial, spatial + 1, 3), seed=0)
-  variables = twin(4, **settings).init(jax.random.key(1), x)
-  expected = twin(4, **settings).apply(variables, x)
+  module = ours(features, impl="fast", **settings)
+  x = _normal(shape, seed=0)
+  convolutions, _ = _convolutions_and_dots(module, x)
+  assert not convolutions  # the Winograd form applies
+  variables = twin(features, **settings).init(jax.random.key(1), x)
+  expected = twin(features, **settings).apply(variables, x)
   cotangent = _normal(expected.shape, seed=1)
-  fast_y, fast_grads = _output_and_grads(
-    ours(4, impl="fast", **settings), variables, x, cotangent
-  )
+  fast_y, fast_grads = _output_and_grads(module, variables, x, cotangent)
   _, plain_grads = _output_and_grads(
-    ours(4, impl="plain", **settings), variables, x, cotangent
+    ours(features, impl="plain", **settings), variables, x, cotangent
   )
   _assert_close(fast_y, expected, rtol=1e-5)
   jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mipae_jax.models import initializers
+from mipae_jax.models import initializers, winograd
 
 ConvImpl = Literal["plain", "fast"]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
@@ -63,6 +63,11 @@ IM2COL_MAX_BYTES = 32 * 2**20
 # patch matrix fits in IM2COL_MAX_BYTES: XLA CPU's convolution kernels run
 # narrow maps at 65-80 % of the speed of the same products as one matmul.
 MATRIX_FORM_MAX_PIXELS = 16
+# Strided convs and transposed convs with a kernel twice the stride (all of
+# the DCGAN's but the image layers) take the Winograd form when the strided
+# conv's input (the transposed conv's output) has at least this many channels:
+# its products contract over stride**2 times as many.
+WINOGRAD_MIN_CHANNELS = _THIN_CHANNELS
 # Kernel gradients of big-batch convs are summed over batch chunks whose
 # input is about this size (cache-sized pieces run 1.3-1.7x faster on XLA CPU).
 KERNEL_GRAD_CHUNK_BYTES = 2 * 2**20
@@ -193,6 +198,32 @@ def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
   return lax.pad(x, zero, ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
 
 
+def _space_to_depth_input(
+  x: jax.Array, kernel_size: tuple[int, int], stride: int, pads: Pads
+) -> jax.Array:
+  """x padded (or cropped) to the rows and columns a stride-s conv reads, then
+  space-to-depth: a stride-1 conv of the result with `_space_to_depth_kernel`
+  is the stride-s conv.
+
+  Output pixel m reads padded rows s*m + s*a + p for kernel row s*a + p: row
+  block m + a of the space-to-depth input at depth offset p.
+  """
+  sizes = []
+  for n, (lo, hi), k in zip(x.shape[1:3], pads, kernel_size, strict=True):
+    out_size = (n + lo + hi - k) // stride + 1
+    sizes.append((lo, stride * (out_size - 1) + k - n - lo))
+  return space_to_depth(_pad_or_crop(x, sizes), stride)
+
+
+def _space_to_depth_kernel(kernel: jax.Array, stride: int) -> jax.Array:
+  """[kh, kw, C, O] -> [kh/s, kw/s, s*s*C, O], input channels (p, q, c)."""
+  kh, kw, c, out = kernel.shape
+  taps_h, taps_w = kh // stride, kw // stride
+  kernel = kernel.reshape(taps_h, stride, taps_w, stride, c, out)
+  kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
+  return kernel.reshape(taps_h, taps_w, stride * stride * c, out)
+
+
 def _conv_space_to_depth(
   x: jax.Array,
   kernel: jax.Array,
@@ -200,22 +231,9 @@ def _conv_space_to_depth(
   pads: Pads,
   valid_conv: Callable[[jax.Array, jax.Array], jax.Array],
 ) -> jax.Array:
-  """Stride-s conv (kernel size a multiple of s) as space-to-depth + stride 1.
-
-  Output pixel m reads padded rows s*m + s*a + p for kernel row s*a + p: row
-  block m + a of the space-to-depth input at depth offset p.
-  """
-  kh, kw, c, out = kernel.shape
-  taps_h, taps_w = kh // stride, kw // stride
-  sizes = []
-  for n, (lo, hi), k in zip(x.shape[1:3], pads, (kh, kw), strict=True):
-    out_size = (n + lo + hi - k) // stride + 1
-    sizes.append((lo, stride * (out_size - 1) + k - n - lo))
-  z = space_to_depth(_pad_or_crop(x, sizes), stride)
-  kernel = kernel.reshape(taps_h, stride, taps_w, stride, c, out)
-  kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
-  kernel = kernel.reshape(taps_h, taps_w, stride * stride * c, out)
-  return valid_conv(z, kernel)
+  """Stride-s conv (kernel size a multiple of s) as space-to-depth + stride 1."""
+  z = _space_to_depth_input(x, kernel.shape[:2], stride, pads)
+  return valid_conv(z, _space_to_depth_kernel(kernel, stride))
 
 
 def _phase_geometry(
@@ -426,6 +444,57 @@ def _strided_conv_fast(
   return conv(x, kernel)
 
 
+def _conv_transpose_out_shape(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+) -> tuple[int, int, int, int]:
+  """[B, H, W, O] of `lax.conv_transpose(x, kernel, stride, pads)`."""
+  spatial = (
+    _phase_geometry(n, k, stride, pad)[0]
+    for n, k, pad in zip(x.shape[1:3], kernel.shape[:2], pads, strict=True)
+  )
+  return (x.shape[0], *spatial, kernel.shape[-1])
+
+
+def _strided_conv_winograd(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads
+) -> jax.Array:
+  """Strided conv with kernel size 2 * stride: space-to-depth + F(2x2, 2x2)."""
+  z = _space_to_depth_input(x, kernel.shape[:2], stride, pads)
+  return winograd.conv_2x2(z, _space_to_depth_kernel(kernel, stride))
+
+
+def _conv_transpose_winograd(
+  x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, adjoint_pads: Pads
+) -> jax.Array:
+  """Transposed conv with kernel size 2 * stride: the transpose of its adjoint
+  strided conv in `_strided_conv_winograd`'s form."""
+  out = jax.ShapeDtypeStruct(
+    _conv_transpose_out_shape(x, kernel, stride, pads), x.dtype
+  )
+
+  def adjoint_input(dy):
+    return _space_to_depth_input(dy, kernel.shape[:2], stride, adjoint_pads)
+
+  adjoint_kernel = _space_to_depth_kernel(_adjoint_kernel(kernel), stride)
+  z = winograd.conv_2x2_transpose(x, adjoint_kernel)
+  return jax.linear_transpose(adjoint_input, out)(z)[0]
+
+
+def _winograd_applies(
+  kernel_size: tuple[int, int], strides: tuple[int, int], small_map, channels: int
+) -> bool:
+  """Kernel size twice the stride, an even small-side map, enough channels.
+
+  small_map is the strided conv's output (the transposed conv's input).
+  """
+  return (
+    strides[0] == strides[1] > 1
+    and kernel_size == (2 * strides[0],) * 2
+    and all(n % 2 == 0 for n in small_map)
+    and channels >= WINOGRAD_MIN_CHANNELS
+  )
+
+
 def _conv_transpose_fast(
   x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, adjoint_pads: Pads
 ) -> jax.Array:
@@ -440,14 +509,7 @@ def _conv_transpose_fast(
   dilated input of the plain form, summed over batch chunks.
   """
   strides = (stride, stride)
-  out_shape = (
-    x.shape[0],
-    *(
-      _phase_geometry(n, k, stride, pad)[0]
-      for n, k, pad in zip(x.shape[1:3], kernel.shape[:2], pads, strict=True)
-    ),
-    kernel.shape[-1],
-  )
+  out_shape = _conv_transpose_out_shape(x, kernel, stride, pads)
   patch_bytes = math.prod(x.shape[:-1]) * kernel[..., 0, :].size * x.dtype.itemsize
 
   def adjoint(dy, weights):
@@ -498,6 +560,12 @@ def conv2d(
     y = x.reshape(b, -1) @ kernel.reshape(-1, kernel.shape[-1])
     return y.reshape(b, 1, 1, -1)
   stride = strides[0]
+  out_map = tuple(
+    (n + lo + hi - k) // s + 1
+    for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), strides, strict=True)
+  )
+  if impl == "fast" and _winograd_applies((kh, kw), strides, out_map, x.shape[-1]):
+    return _strided_conv_winograd(x, kernel, stride, pads)
   if (
     impl == "fast"
     and strides[1] == stride > 1
@@ -528,6 +596,12 @@ def conv_transpose2d(
     return (x.reshape(b, c) @ flipped).reshape(b, kh, kw, out)
   stride = strides[0]
   adjoint_pads = _adjoint_pads(pads, (kh, kw))
+  if (
+    impl == "fast"
+    and adjoint_pads is not None
+    and _winograd_applies((kh, kw), strides, x.shape[1:3], out)
+  ):
+    return _conv_transpose_winograd(x, kernel, stride, pads, adjoint_pads)
   if (
     impl == "fast"
     and strides[1] == stride > 1
