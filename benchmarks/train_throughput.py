@@ -7,6 +7,10 @@ and the prediction rollout, with achieved FLOP/s against a matmul peak.
 
 Prints one Markdown table. FLOPs come from XLA's cost analysis of the
 compiled step; the peak is a 2048x2048 float32 matmul timed in the same run.
+The Winograd form of the fast convolutions does fewer FLOPs than the direct
+convolutions, so the table also gives the direct-convolution rate: the FLOPs
+of the same step with conv_impl="plain" (cost analysis of its lowered HLO)
+per second of the timed step.
 With --torch_python (an interpreter that has torch), the PyTorch peers are
 timed beside ours: ../shared/bench/ref_mipae_torch.py for MIPAE and
 torch_step_reference.py for DRNET and the stage-2 step; mipae-jax itself
@@ -70,14 +74,22 @@ def matmul_peak_flops() -> float:
   return 2 * 2048**3 / seconds
 
 
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
+def _flops(compiled_or_lowered) -> float:
+  analysis = compiled_or_lowered.cost_analysis()
   if isinstance(analysis, list):
     analysis = analysis[0]
   return float(analysis.get("flops", float("nan")))
 
 
+def _plain_networks(config):
+  """The networks with flax's direct convolutions, for their FLOP count."""
+  config = config.copy_and_resolve_references()
+  config.model.conv_impl = "plain"
+  return build_networks(config, 3)
+
+
 def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
+  """(median step seconds, its FLOPs, the direct-convolution step's FLOPs)."""
   config = (mipae_dsprites if method == "mipae" else drnet_dsprites).get_config()
   config.batch_size = batch_size
   config.model.conv_impl = conv_impl
@@ -86,23 +98,28 @@ def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
   networks = build_networks(config, 3)
   state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
+  direct_step = train.make_train_step(
+    _plain_networks(config), config, mesh, state_sharding
+  )
   video = np.random.default_rng(0).integers(
     0, 256, (batch_size, FLAGS.num_frames, 64, 64, 3), dtype=np.uint8
   )
   batch = jax.device_put({"video": video}, sharding.batch_sharding(mesh))
   rng = jax.random.PRNGKey(0)
   flops = _flops(step_fn.lower(state, batch, rng).compile())
+  direct_flops = _flops(direct_step.lower(state, batch, rng))
   holder = [state]
 
   def run():
     holder[0], metrics = step_fn(holder[0], batch, rng)
     jax.block_until_ready(metrics)
 
-  return _median_seconds(run, FLAGS.steps), flops
+  return _median_seconds(run, FLAGS.steps), flops, direct_flops
 
 
 def time_lstm(batch_size: int, horizon: int, context: int = 5):
-  """(stage-2 step seconds, its FLOPs, rollout sequences/s for `horizon`)."""
+  """(stage-2 step seconds, its FLOPs, the direct-convolution step's FLOPs,
+  rollout sequences/s for `horizon`)."""
   config = mipae_dsprites.get_config()
   config.lstm.batch_size = batch_size
   mesh = sharding.create_mesh()
@@ -122,17 +139,20 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   step_fn = jax.jit(
     functools.partial(train_lstm.lstm_train_step, predictor, lstm_config)
   )
+
   # XLA's cost analysis counts a loop body once: take the FLOPs of the same
   # step with the frozen encoders in one call (the LSTM's scan is still
   # counted once, a negligible share).
-  one_call = predict.Predictor(
-    dataclasses.replace(networks, inference_frames_per_call=0), predictor.pose_lstm
-  )
-  flops = _flops(
-    jax.jit(functools.partial(train_lstm.lstm_train_step, one_call, lstm_config))
-    .lower(main, lstm_state, batch)
-    .compile()
-  )
+  def one_call_step(networks):
+    one_call = predict.Predictor(
+      dataclasses.replace(networks, inference_frames_per_call=0),
+      predictor.pose_lstm,
+    )
+    step = functools.partial(train_lstm.lstm_train_step, one_call, lstm_config)
+    return jax.jit(step).lower(main, lstm_state, batch)
+
+  flops = _flops(one_call_step(networks).compile())
+  direct_flops = _flops(one_call_step(_plain_networks(config)))
   holder = [lstm_state]
 
   def run_step():
@@ -146,7 +166,7 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   rollout_seconds = _median_seconds(
     lambda: predict_fn(params, context_frames).block_until_ready(), FLAGS.steps
   )
-  return step_seconds, flops, batch_size / rollout_seconds
+  return step_seconds, flops, direct_flops, batch_size / rollout_seconds
 
 
 def torch_reference(step: str, batch_size: int, horizon: int = 10) -> float | None:
@@ -171,7 +191,7 @@ def _torch_row(name: str, batch_size: int, seconds: float | None, frames: int) -
   if seconds is not None:
     print(
       f"| PyTorch {name} | {batch_size} | - | float32 | {seconds:.3f} | "
-      f"{1 / seconds:.2f} | {frames / seconds:.0f} | - | - |",
+      f"{1 / seconds:.2f} | {frames / seconds:.0f} | - | - | - | - |",
       flush=True,
     )
 
@@ -187,19 +207,27 @@ def main(argv):
     f"matmul peak {peak / 1e9:.1f} GFLOP/s\n"
   )
   print(
-    "| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak |"
+    "| step | batch | conv | dtype | s/step | steps/s | frames/s | GFLOP/s | % peak "
+    "| direct-conv GFLOP/s | % peak |"
   )
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+  def rates(flops, direct_flops, seconds):
+    return " | ".join(
+      f"{f / seconds / 1e9:.1f} | {100 * f / seconds / peak:.0f}"
+      for f in (flops, direct_flops)
+    )
+
   for batch_size in map(int, FLAGS.batch_sizes):
     for method in FLAGS.methods:
       for conv_impl in FLAGS.conv_impls:
         for dtype in FLAGS.dtypes:
-          seconds, flops = time_main_step(method, batch_size, conv_impl, dtype)
+          seconds, flops, direct = time_main_step(method, batch_size, conv_impl, dtype)
           # Each step reads two frames of every video of the batch.
           print(
             f"| {method} main | {batch_size} | {conv_impl} | {dtype} | {seconds:.3f} | "
-            f"{1 / seconds:.2f} | {2 * batch_size / seconds:.0f} | {flops / seconds / 1e9:.1f} | "
-            f"{100 * flops / seconds / peak:.0f} |",
+            f"{1 / seconds:.2f} | {2 * batch_size / seconds:.0f} | "
+            f"{rates(flops, direct, seconds)} |",
             flush=True,
           )
     for method in FLAGS.methods:
@@ -207,11 +235,11 @@ def main(argv):
       _torch_row(f"reference {method.upper()}", batch_size, reference, 2 * batch_size)
     if FLAGS.lstm:
       for horizon in (10, 30):
-        seconds, flops, sequences = time_lstm(batch_size, horizon)
+        seconds, flops, direct, sequences = time_lstm(batch_size, horizon)
         print(
           f"| LSTM stage 2, 5->{horizon} | {batch_size} | - | float32 | {seconds:.3f} | "
           f"{1 / seconds:.2f} | {batch_size * (5 + horizon) / seconds:.0f} | "
-          f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / peak:.0f} |",
+          f"{rates(flops, direct, seconds)} |",
           flush=True,
         )
         reference = torch_reference("lstm", batch_size, horizon)
@@ -220,7 +248,7 @@ def main(argv):
         )
         print(
           f"| rollout+decode 5->{horizon} | {batch_size} | - | float32 | "
-          f"{batch_size / sequences:.3f} | - | {sequences * horizon:.0f} | - | - |"
+          f"{batch_size / sequences:.3f} | - | {sequences * horizon:.0f} | - | - | - | - |"
           f" <- {sequences:.1f} sequences/s",
           flush=True,
         )
