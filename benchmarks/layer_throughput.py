@@ -10,12 +10,15 @@ then the project's whole DCGAN encoder and decoder (mipae_jax.models.dcgan,
 BatchNorm in training mode) and a 2048x2048 float32 matmul as the peak
 reference, all in one run. Plain and fast are timed in alternation, `rounds`
 times each, and the best time is kept: on a shared machine that is the least
-disturbed estimate, and both forms meet the same disturbance.
+disturbed estimate, and both forms meet the same disturbance. The layer table
+also times the fast forms with Winograd's switched off (what the layers too
+thin for it run), and gives the fast form's rate in direct-convolution FLOPs.
 
 --flag_sweep re-runs the network section in subprocesses, one per XLA_FLAGS
 setting, to show what each setting changes.
 """
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -139,7 +142,19 @@ def _grad_fn(
     return jnp.mean(jnp.square(y.astype(jnp.float32)))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1) if with_input else 0))
-  return lambda: step(params, inputs)
+  compiled = step.lower(params, inputs).compile()  # traced now, not at first call
+  return lambda: compiled(params, inputs)
+
+
+@contextlib.contextmanager
+def _winograd_off():
+  """Layers built (traced) inside take the fast forms other than Winograd's."""
+  saved = layers.WINOGRAD_MIN_CHANNELS
+  layers.WINOGRAD_MIN_CHANNELS = sys.maxsize
+  try:
+    yield
+  finally:
+    layers.WINOGRAD_MIN_CHANNELS = saved
 
 
 def _best_times(fns: dict[str, Callable[[], jax.Array]], rounds: int) -> dict:
@@ -164,7 +179,8 @@ def matmul_gflops(rounds: int) -> float:
 
 
 def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
-  """(name, plain s, fast s, fwd+bwd GFLOP) of each DCGAN convolution."""
+  """(name, plain s, fast s, fast-without-Winograd s, fwd+bwd GFLOP) of each
+  DCGAN convolution."""
   rows = []
   for name, cls, in_shape, features, settings, with_input in _LAYERS:
     x = jnp.asarray(np.random.RandomState(0).randn(batch, *in_shape), dtype)
@@ -173,10 +189,12 @@ def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
       for impl in ("plain", "fast")
     }
     fns = {impl: _grad_fn(module, (x,), with_input) for impl, module in modules.items()}
+    with _winograd_off():
+      fns["no_winograd"] = _grad_fn(modules["fast"], (x,), with_input)
     best = _best_times(fns, rounds)
     # Backward: one product like the forward per gradient taken.
     flops = _conv_flops(modules["plain"], x) * (3 if with_input else 2)
-    rows.append((name, best["plain"], best["fast"], flops / 1e9))
+    rows.append((name, best["plain"], best["fast"], best["no_winograd"], flops / 1e9))
   return rows
 
 
@@ -282,14 +300,17 @@ def main(argv: list[str]) -> None:
   if "layers" in FLAGS.sections:
     print(
       "\n| layer (fwd+bwd) | batch | plain (ms) | fast (ms) | speed-up "
-      "| plain GFLOP/s | fast GFLOP/s |"
+      "| fast without Winograd (ms) | plain GFLOP/s | fast GFLOP/s (direct-conv) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in batch_sizes:
-      for name, plain, fast, gflop in time_layers(batch, dtype, FLAGS.rounds):
+      for name, plain, fast, no_winograd, gflop in time_layers(
+        batch, dtype, FLAGS.rounds
+      ):
         print(
           f"| {name} | {batch} | {plain * 1e3:.1f} | {fast * 1e3:.1f} "
-          f"| {plain / fast:.2f}x | {gflop / plain:.0f} | {gflop / fast:.0f} |"
+          f"| {plain / fast:.2f}x | {no_winograd * 1e3:.1f} | {gflop / plain:.0f} "
+          f"| {gflop / fast:.0f} |"
         )
   if "networks" in FLAGS.sections:
     print("\n| network (fwd+bwd) | batch | plain (s) | fast (s) | speed-up |")

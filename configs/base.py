@@ -41,8 +41,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.pose_dim = 5
   # U-Net skips from the content encoder into the decoder.
   config.model.skip_connections = False
-  # Convolution implementation: "fast" (exact reformulations that are
-  # quick on CPU, see models/layers.py) or "plain" (nn.Conv/ConvTranspose).
+  # Convolution implementation: "fast" (reformulations quick on CPU, equal
+  # up to float rounding: space-to-depth, Winograd F(2x2, 2x2), ...; see
+  # models/layers.py) or "plain" (nn.Conv/ConvTranspose; use it on GPU/TPU).
   config.model.conv_impl = "fast"
   # Frames per device in each call of a frozen encoder (stage 2, prediction,
   # evaluation); the frames are run in consecutive calls of about this many.

@@ -214,6 +214,59 @@ def test_winograd_form_equals_flax_beyond_the_dcgan_settings(
   jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)
 
 
+@pytest.mark.parametrize("name", ["enc2", "enc5", "dec1", "dec3", "dec5_rgb_skip"])
+def test_fast_equals_plain_in_bfloat16(name):
+  ours, _, shape, features, settings = _DCGAN_LAYERS[name]
+  x = _normal(shape, seed=0, dtype=jnp.bfloat16)
+  outputs = {}
+  for impl in ("plain", "fast"):
+    module = ours(features, impl=impl, dtype=jnp.bfloat16, **settings)
+    variables = module.init(jax.random.key(1), x)
+    y = jax.jit(module.apply)(variables, x)
+    assert y.dtype == jnp.bfloat16
+    outputs[impl] = y
+  # bfloat16 keeps 8 bits of mantissa; sums of hundreds of terms differ in
+  # rounding order between the two forms.
+  _assert_close(outputs["fast"], outputs["plain"], rtol=3e-2)
+
+
+@pytest.mark.parametrize(
+  "kernel_size, strides, padding, spatial",
+  [
+    ((4, 4), (2, 2), "SAME", 9),
+    ((6, 4), (3, 2), ((2, 1), (0, 3)), 7),
+    ((2, 2), (2, 2), ((0, 0), (1, 1)), 5),
+    ((3, 3), (1, 1), "SAME", 5),
+    ((5, 5), (5, 5), "VALID", 5),
+  ],
+)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("matrix_forms", [False, True])
+def test_fast_equals_flax_beyond_the_dcgan_settings(
+  kernel_size, strides, padding, spatial, transposed, matrix_forms, monkeypatch
+):
+  if matrix_forms:
+    monkeypatch.setattr(layers, "MATRIX_FORM_MAX_PIXELS", 10**9)
+  ours, twin = (
+    (layers.ConvTranspose2D, nn.ConvTranspose)
+    if transposed
+    else (layers.Conv2D, nn.Conv)
+  )
+  settings = dict(kernel_size=kernel_size, strides=strides, padding=padding)
+  x = _normal((2, spatial, spatial + 1, 3), seed=0)
+  variables = twin(4, **settings).init(jax.random.key(1), x)
+  expected = twin(4, **settings).apply(variables, x)
+  cotangent = _normal(expected.shape, seed=1)
+  fast_y, fast_grads = _output_and_grads(
+    ours(4, impl="fast", **settings), variables, x, cotangent
+  )
+  _, plain_grads = _output_and_grads(
+    ours(4, impl="plain", **settings), variables, x, cotangent
+  )
+  _assert_close(fast_y, expected, rtol=1e-5)
+  jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-5), fast_grads, plain_grads)
+
+
 def _input_dilated_convolutions(impl, name):
   """Convolution ops over a zero-dilated input in the compiled fwd + bwd."""
   ours, _, shape, features, settings = _DCGAN_LAYERS[name]

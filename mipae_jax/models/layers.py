@@ -9,6 +9,13 @@ made with one loads into the other. `impl` picks how the function is computed:
 - "fast": the same function, each of its three products (output, input
   gradient, kernel gradient) computed in the exact form that XLA's CPU
   backend runs fastest, joined by a `jax.custom_vjp`:
+  * strided conv or transposed conv with a kernel twice the stride (the
+    DCGAN's 4x4 / stride 2) whose small-side map is even and whose input
+    (the transposed conv's output) has at least `WINOGRAD_MIN_CHANNELS`
+    channels: space-to-depth + Winograd's F(2x2, 2x2) (`winograd`) for all
+    three products, 9 multiplies per 2x2 output block and channel pair where
+    the direct conv has 16 (equal to it up to float rounding). The forms
+    below serve the other layers;
   * strided conv (kernel size a multiple of the stride): `lax`'s strided conv
     for the output (on a small output map, `MATRIX_FORM_MAX_PIXELS`, the
     space-to-depth + im2col matrix product instead) and the kernel gradient;
