@@ -488,7 +488,10 @@ def _conv_transpose_winograd(
 
 
 def _winograd_applies(
-  kernel_size: tuple[int, int], strides: tuple[int, int], small_map, channels: int
+  kernel_size: tuple[int, int],
+  strides: tuple[int, int],
+  small_map: Sequence[int],
+  channels: int,
 ) -> bool:
   """Kernel size twice the stride, an even small-side map, enough channels.
 
@@ -497,7 +500,7 @@ def _winograd_applies(
   return (
     strides[0] == strides[1] > 1
     and kernel_size == (2 * strides[0],) * 2
-    and all(n % 2 == 0 for n in small_map)
+    and all(n > 0 and n % 2 == 0 for n in small_map)
     and channels >= WINOGRAD_MIN_CHANNELS
   )
 

@@ -162,18 +162,21 @@ _TIMES_TRANSPOSED = ((1,), (1,))  # x @ w.T
 _TRANSPOSED_TIMES = ((0,), (0,))  # x.T @ w
 
 
-def _check(z: jax.Array, kernel: jax.Array) -> tuple[int, int, int]:
-  b, h, w, _ = z.shape
-  if kernel.shape[:2] != (2, 2) or h % 2 == 0 or w % 2 == 0:
+def _check(
+  small_map: tuple[int, int], kernel: jax.Array, shape: tuple[int, ...]
+) -> None:
+  """A 2x2 kernel and an even, non-empty output map (the transpose's input)."""
+  if kernel.shape[:2] != (2, 2) or any(n < 2 or n % 2 for n in small_map):
     raise ValueError(
-      f"F(2x2, 2x2) needs a 2x2 kernel and an odd input map (even output), got "
-      f"input {z.shape} and kernel {kernel.shape}."
+      f"F(2x2, 2x2) needs a 2x2 kernel and an even output map, got array "
+      f"{shape} and kernel {kernel.shape}."
     )
-  return b, (h - 1) // 2, (w - 1) // 2
 
 
 def _conv(z, kernel):
-  b, t, u = _check(z, kernel)
+  b, h, w, _ = z.shape
+  _check((h - 1, w - 1), kernel, z.shape)
+  t, u = (h - 1) // 2, (w - 1) // 2
   tiles = input_tiles(z)
   kernels = kernel_tiles(kernel)
   y = output_from_tiles(_products(tiles, kernels, _TIMES), b, t, u)
@@ -181,7 +184,8 @@ def _conv(z, kernel):
 
 
 def _conv_transpose(y, kernel):
-  b, h, w, _ = y.shape
+  _, h, w, _ = y.shape
+  _check((h, w), kernel, y.shape)
   grads = output_from_tiles_transpose(y)
   kernels = kernel_tiles(kernel)
   z = input_tiles_transpose(
