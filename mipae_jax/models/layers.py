@@ -205,6 +205,19 @@ def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
   return lax.pad(x, zero, ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
 
 
+def _conv_out_map(
+  spatial: Sequence[int],
+  kernel_size: Sequence[int],
+  strides: Sequence[int],
+  pads: Pads,
+) -> tuple[int, int]:
+  """Output height and width of a conv of a map of size `spatial`."""
+  return tuple(
+    (n + lo + hi - k) // s + 1
+    for n, (lo, hi), k, s in zip(spatial, pads, kernel_size, strides, strict=True)
+  )
+
+
 def _space_to_depth_input(
   x: jax.Array, kernel_size: tuple[int, int], stride: int, pads: Pads
 ) -> jax.Array:
@@ -215,10 +228,13 @@ def _space_to_depth_input(
   Output pixel m reads padded rows s*m + s*a + p for kernel row s*a + p: row
   block m + a of the space-to-depth input at depth offset p.
   """
-  sizes = []
-  for n, (lo, hi), k in zip(x.shape[1:3], pads, kernel_size, strict=True):
-    out_size = (n + lo + hi - k) // stride + 1
-    sizes.append((lo, stride * (out_size - 1) + k - n - lo))
+  out_map = _conv_out_map(x.shape[1:3], kernel_size, (stride, stride), pads)
+  sizes = [
+    (lo, stride * (out_size - 1) + k - n - lo)
+    for n, (lo, _), k, out_size in zip(
+      x.shape[1:3], pads, kernel_size, out_map, strict=True
+    )
+  ]
   return space_to_depth(_pad_or_crop(x, sizes), stride)
 
 
@@ -428,10 +444,7 @@ def _strided_conv_fast(
   if x.shape[-1] < _THIN_CHANNELS:
     return _conv_space_to_depth(x, kernel, stride, pads, _valid_conv_im2col)
   strides = (stride, stride)
-  out_h, out_w = (
-    (n + lo + hi - k) // stride + 1
-    for n, (lo, hi), k in zip(x.shape[1:3], pads, kernel.shape[:2], strict=True)
-  )
+  out_h, out_w = _conv_out_map(x.shape[1:3], kernel.shape[:2], strides, pads)
   patch_bytes = x.shape[0] * out_h * out_w * kernel[..., 0].size * x.dtype.itemsize
   fits = patch_bytes <= IM2COL_MAX_BYTES
   valid_conv = _valid_conv_im2col if fits else _valid_conv_lax
@@ -570,10 +583,7 @@ def conv2d(
     y = x.reshape(b, -1) @ kernel.reshape(-1, kernel.shape[-1])
     return y.reshape(b, 1, 1, -1)
   stride = strides[0]
-  out_map = tuple(
-    (n + lo + hi - k) // s + 1
-    for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), strides, strict=True)
-  )
+  out_map = _conv_out_map(x.shape[1:3], (kh, kw), strides, pads)
   if impl == "fast" and _winograd_applies((kh, kw), strides, out_map, x.shape[-1]):
     return _strided_conv_winograd(x, kernel, stride, pads)
   if (

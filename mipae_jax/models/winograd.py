@@ -43,22 +43,6 @@ def _input_transform_transpose(w0, w1, w2):
   return w0, w1 - w0 - w2, w2
 
 
-def _overlap_add(c0: jax.Array, c1: jax.Array, c2: jax.Array, axis: int) -> jax.Array:
-  """Transpose of `_taps`: rows 2i + l gather c_l[i]; length 2t+1 on `axis`."""
-
-  def pad(a, low, high):
-    config = [(0, 0)] * a.ndim
-    config[axis] = (low, high)
-    return jnp.pad(a, config)
-
-  even = pad(c0, 0, 1) + pad(c2, 1, 0)  # rows 2i: tile i's row 0, tile i-1's row 2
-  odd = pad(c1, 0, 1)
-  rows = jnp.stack([even, odd], axis=axis + 1)
-  shape = list(even.shape)
-  shape[axis] *= 2
-  return lax.slice_in_dim(rows.reshape(shape), 0, shape[axis] - 1, axis=axis)
-
-
 def _output_transform(m0, m1, m2):
   """A^T m."""
   return m0 + m1, m1 + m2
@@ -75,6 +59,19 @@ def _interleave(y0: jax.Array, y1: jax.Array, axis: int) -> jax.Array:
   shape = list(y0.shape)
   shape[axis] *= 2
   return rows.reshape(shape)
+
+
+def _overlap_add(c0: jax.Array, c1: jax.Array, c2: jax.Array, axis: int) -> jax.Array:
+  """Transpose of `_taps`: rows 2i + l gather c_l[i]; length 2t+1 on `axis`."""
+
+  def pad(a, low, high):
+    config = [(0, 0)] * a.ndim
+    config[axis] = (low, high)
+    return jnp.pad(a, config)
+
+  even = pad(c0, 0, 1) + pad(c2, 1, 0)  # rows 2i: tile i's row 0, tile i-1's row 2
+  rows = _interleave(even, pad(c1, 0, 1), axis)
+  return lax.slice_in_dim(rows, 0, rows.shape[axis] - 1, axis=axis)
 
 
 def _deinterleave(y: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
@@ -157,9 +154,21 @@ def _products(a: Tiles, b: Tiles, dimension_numbers) -> Tiles:
   ]
 
 
-_TIMES = ((1,), (0,))  # x @ w
-_TIMES_TRANSPOSED = ((1,), (1,))  # x @ w.T
-_TRANSPOSED_TIMES = ((0,), (0,))  # x.T @ w
+def _output(tiles: Tiles, kernels: Tiles, batch: int, t: int, u: int) -> jax.Array:
+  """The conv of the input behind `tiles`: [B, 2t, 2u, O]."""
+  return output_from_tiles(_products(tiles, kernels, ((1,), (0,))), batch, t, u)
+
+
+def _input_transpose(
+  grads: Tiles, kernels: Tiles, spatial: tuple[int, int]
+) -> jax.Array:
+  """The conv's transpose in its input, of the array behind `grads`."""
+  return input_tiles_transpose(_products(grads, kernels, ((1,), (1,))), spatial)
+
+
+def _kernel_gradient(tiles: Tiles, grads: Tiles) -> jax.Array:
+  """d<conv(z, kernel), dy>/dkernel from z's and dy's tiles: [2, 2, C, O]."""
+  return kernel_tiles_transpose(_products(tiles, grads, ((0,), (0,))))
 
 
 def _check(
@@ -179,8 +188,7 @@ def _conv(z, kernel):
   t, u = (h - 1) // 2, (w - 1) // 2
   tiles = input_tiles(z)
   kernels = kernel_tiles(kernel)
-  y = output_from_tiles(_products(tiles, kernels, _TIMES), b, t, u)
-  return y, (tiles, kernels)
+  return _output(tiles, kernels, b, t, u), (tiles, kernels)
 
 
 def _conv_transpose(y, kernel):
@@ -188,10 +196,7 @@ def _conv_transpose(y, kernel):
   _check((h, w), kernel, y.shape)
   grads = output_from_tiles_transpose(y)
   kernels = kernel_tiles(kernel)
-  z = input_tiles_transpose(
-    _products(grads, kernels, _TIMES_TRANSPOSED), (h + 1, w + 1)
-  )
-  return z, (grads, kernels)
+  return _input_transpose(grads, kernels, (h + 1, w + 1)), (grads, kernels)
 
 
 @jax.custom_vjp
@@ -211,9 +216,7 @@ def _conv_2x2_fwd(z, kernel):
 def _conv_2x2_bwd(saved, dy):
   spatial, (tiles, kernels) = saved
   grads = output_from_tiles_transpose(dy)
-  dz = input_tiles_transpose(_products(grads, kernels, _TIMES_TRANSPOSED), spatial)
-  dkernel = kernel_tiles_transpose(_products(tiles, grads, _TRANSPOSED_TIMES))
-  return dz, dkernel
+  return _input_transpose(grads, kernels, spatial), _kernel_gradient(tiles, grads)
 
 
 conv_2x2.defvjp(_conv_2x2_fwd, _conv_2x2_bwd)
@@ -236,9 +239,8 @@ def _conv_2x2_transpose_fwd(y, kernel):
 def _conv_2x2_transpose_bwd(saved, dz):
   (h, w), (grads, kernels) = saved
   tiles = input_tiles(dz)
-  dy = output_from_tiles(_products(tiles, kernels, _TIMES), dz.shape[0], h // 2, w // 2)
-  dkernel = kernel_tiles_transpose(_products(tiles, grads, _TRANSPOSED_TIMES))
-  return dy, dkernel
+  dy = _output(tiles, kernels, dz.shape[0], h // 2, w // 2)
+  return dy, _kernel_gradient(tiles, grads)
 
 
 conv_2x2_transpose.defvjp(_conv_2x2_transpose_fwd, _conv_2x2_transpose_bwd)
