@@ -144,15 +144,20 @@ def test_small_maps_run_forward_as_one_matrix_product(name, monkeypatch):
   assert not _forward_convolutions("fast", name)
 
 
-def _convolutions_and_dots(module, x):
-  """(convolution ops, dot ops) in the compiled forward + both gradients."""
+def _compiled_gradient_lines(module, x):
+  """Lines of the compiled forward + both gradients of sum(module(x) ** 2)."""
   variables = module.init(jax.random.key(0), x)
 
   def loss(params, x):
     return jnp.sum(module.apply({"params": params}, x) ** 2)
 
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables["params"], x)
-  lines = hlo.compile().as_text().splitlines()
+  return hlo.compile().as_text().splitlines()
+
+
+def _convolutions_and_dots(module, x):
+  """(convolution ops, dot ops) in the compiled forward + both gradients."""
+  lines = _compiled_gradient_lines(module, x)
   return (
     [line for line in lines if "convolution(" in line],
     [line for line in lines if " dot(" in line],
@@ -271,16 +276,10 @@ def _input_dilated_convolutions(impl, name):
   """Convolution ops over a zero-dilated input in the compiled fwd + bwd."""
   ours, _, shape, features, settings = _DCGAN_LAYERS[name]
   module = ours(features, impl=impl, **settings)
-  x = jnp.zeros(shape)
-  variables = module.init(jax.random.key(0), x)
-
-  def loss(params, x):
-    return jnp.sum(module.apply({"params": params}, x) ** 2)
-
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  hlo = grad.lower(variables["params"], x).compile().as_text()
   return [
-    line for line in hlo.splitlines() if "convolution(" in line and "lhs_dilate" in line
+    line
+    for line in _compiled_gradient_lines(module, jnp.zeros(shape))
+    if "convolution(" in line and "lhs_dilate" in line
   ]
 
 

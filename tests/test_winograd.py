@@ -24,16 +24,19 @@ def _close(actual, expected):
   np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * scale)
 
 
+def _grads(conv, cotangent):
+  """Jitted (d/dinput, d/dkernel) of <conv(input, kernel), cotangent>."""
+  return jax.jit(jax.grad(lambda a, k: jnp.vdot(conv(a, k), cotangent), (0, 1)))
+
+
 def test_conv_2x2_equals_the_direct_conv_with_gradients():
   z, kernel = _normal((3, 7, 5, 6), 0), _normal((2, 2, 6, 4), 1)
   cotangent = _normal((3, 6, 4, 4), 2)
   _close(jax.jit(winograd.conv_2x2)(z, kernel), _direct(z, kernel))
-
-  def grads(conv):
-    return jax.jit(jax.grad(lambda z, k: jnp.vdot(conv(z, k), cotangent), (0, 1)))
-
   for ours, direct in zip(
-    grads(winograd.conv_2x2)(z, kernel), grads(_direct)(z, kernel), strict=True
+    _grads(winograd.conv_2x2, cotangent)(z, kernel),
+    _grads(_direct, cotangent)(z, kernel),
+    strict=True,
   ):
     _close(ours, direct)
 
@@ -48,12 +51,9 @@ def test_conv_2x2_transpose_is_the_transpose_in_the_input():
   def transposed(y, k):
     return jax.linear_transpose(lambda z: _direct(z, k), z_shape)(y)[0]
 
-  def grads(conv):
-    return jax.jit(jax.grad(lambda y, k: jnp.vdot(conv(y, k), cotangent), (0, 1)))
-
   for ours, direct in zip(
-    grads(winograd.conv_2x2_transpose)(y, kernel),
-    grads(transposed)(y, kernel),
+    _grads(winograd.conv_2x2_transpose, cotangent)(y, kernel),
+    _grads(transposed, cotangent)(y, kernel),
     strict=True,
   ):
     _close(ours, direct)
