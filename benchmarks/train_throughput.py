@@ -101,10 +101,12 @@ def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
   direct_step = train.make_train_step(
     _plain_networks(config), config, mesh, state_sharding
   )
-  video = np.random.default_rng(0).integers(
-    0, 256, (batch_size, FLAGS.num_frames, 64, 64, 3), dtype=np.uint8
+  videos = np.random.default_rng(0).integers(
+    0, 256, (2, batch_size, FLAGS.num_frames, 64, 64, 3), dtype=np.uint8
   )
-  batch = jax.device_put({"video": video}, sharding.batch_sharding(mesh))
+  batch = jax.device_put(
+    {"video": videos[0], "critic_video": videos[1]}, sharding.batch_sharding(mesh)
+  )
   rng = jax.random.PRNGKey(0)
   flops = _flops(step_fn.lower(state, batch, rng).compile())
   direct_flops = _flops(direct_step.lower(state, batch, rng))

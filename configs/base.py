@@ -55,8 +55,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # Hidden width of the mi_critic MLP (512, Sec. IV-A).
   config.model.critic_hidden = 512
-  # Hidden width of DRNET's scene_discriminator (256 in DRNET's reference).
-  config.model.scene_discriminator_hidden = 256
+  # Hidden width of DRNET's scene_discriminator: 512, the MIPAE reference's
+  # `scene_discriminator(pose_dim, nf=512)` (DRNET's own code used 256).
+  config.model.scene_discriminator_hidden = 512
 
   config.loss = ml_collections.ConfigDict()
   # alpha in eq. 5, weight of L_sim (eq. 1). Paper: 1.
@@ -69,6 +70,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (x^{t+k}, the reference implementation and DRNET) or "same" (x^t, eq. 4
   # as printed).
   config.loss.recon_target = "offset"
+  # Marginal pairs (eq. 2, 3): "permutation" shuffles the second pose code
+  # over the batch (torch.randperm, the reference: about one same-video pair
+  # per batch) or "derangement" (never the same video, the paper's wording).
+  config.loss.marginal_pairs = "permutation"
 
   # Adam for the main network and the critic (Sec. IV-A).
   config.learning_rate = 2e-3
@@ -121,6 +126,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.lpips_nets = ("alex", "vgg")
   # Checkpoint step to evaluate (-1: latest).
   config.eval.step = -1
+  return config
+
+
+def apply_long_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CPU long run (docs/results.md, "Long run"): batch 16, checkpoints
+  every 2,000 steps kept for the learning curves; resumes where it stopped."""
+  config.batch_size = 16
+  config.num_train_steps = 240_000
+  config.log_every_steps = 200
+  config.image_every_steps = 2_000
+  config.checkpoint_every_steps = 2_000
+  config.keep_checkpoints = 200
   return config
 
 

@@ -5,15 +5,19 @@
   ... --mode=eval         (PSNR/SSIM/LPIPS curves, MIG, swap grids)
 Small CPU variant (embedded renderer, a few minutes):
   python -m mipae_jax.main --config=configs/mipae_dsprites.py:smoke --workdir=/tmp/smoke
+CPU long run (batch 16, resumable; docs/results.md "Long run"):
+  python -m mipae_jax.main --config=configs/mipae_dsprites.py:long_cpu --workdir=workdir_long/mipae
+Seeds x MI weight: python launch/sweep.py --config=configs/mipae_dsprites.py --workdir_root=DIR
 """
 
 import ml_collections
 
 from configs import base
+from mipae_jax import sweeps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """MIPAE / Moving dSprites; `arg="smoke"` gives the small CPU variant."""
+  """MIPAE / Moving dSprites; `arg`: "smoke" (small CPU run), "long_cpu"."""
   config = base.get_base_config()
   config.method = "mipae"
   config.dataset.name = "moving_dsprites"
@@ -25,6 +29,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_train_steps = 240_000
   if arg == "smoke":
     base.apply_smoke(config)
+  elif arg == "long_cpu":
+    base.apply_long_cpu(config)
   elif arg is not None:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'smoke' or none.")
+    raise ValueError(
+      f"Unknown config variant {arg!r}; expected 'smoke', 'long_cpu' or none."
+    )
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[sweeps.Overrides]:
+  """Two seeds x beta of eq. 5 around the paper's 1e-4."""
+  del arg
+  return sweeps.product(
+    sweeps.sweep("seed", [0, 1]),
+    sweeps.sweep("loss.mi_weight", [1e-5, 1e-4, 1e-3]),
+  )

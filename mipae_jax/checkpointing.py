@@ -20,7 +20,8 @@ from etils import epath
 
 from mipae_jax import sharding
 
-FORMAT_VERSION = 1
+# 2: one Adam state for E_c, E_p, D and one for the critic (the reference step).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -41,6 +42,8 @@ def experiment_fingerprint(
     "content_dim": config.model.content_dim,
     "pose_dim": config.model.pose_dim,
     "skip_connections": config.model.skip_connections,
+    "critic_hidden": config.model.critic_hidden,
+    "scene_discriminator_hidden": config.model.scene_discriminator_hidden,
   }
 
 

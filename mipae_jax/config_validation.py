@@ -8,6 +8,7 @@ import ml_collections
 METHODS = ("mipae", "drnet")
 ARCHITECTURES = ("dcgan", "vgg_resnet")
 RECON_TARGETS = ("offset", "same")
+MARGINAL_PAIRS = ("permutation", "derangement")
 CONV_IMPLS = ("fast", "plain")
 DTYPES = ("float32", "bfloat16")
 DATASETS = ("moving_mnist", "moving_dsprites", "moving_mpi3d")
@@ -46,6 +47,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "model.conv_impl", CONV_IMPLS)
   _choice(config, "model.dtype", DTYPES)
   _choice(config, "loss.recon_target", RECON_TARGETS)
+  _choice(config, "loss.marginal_pairs", MARGINAL_PAIRS)
   frames_per_call = config.model.inference_frames_per_call
   _require(
     isinstance(frames_per_call, int) and frames_per_call >= 0,

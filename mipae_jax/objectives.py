@@ -57,6 +57,17 @@ def mipae_loss(
   return recon + sim_weight * sim + mi_weight * mi
 
 
+def drnet_loss(
+  recon: jnp.ndarray,
+  sim: jnp.ndarray,
+  adversarial: jnp.ndarray,
+  sim_weight: float,
+  adversarial_weight: float,
+) -> jnp.ndarray:
+  """DRNET's main-network loss: L_recon + alpha L_sim + w L_adversarial."""
+  return recon + sim_weight * sim + adversarial_weight * adversarial
+
+
 def scene_discriminator_loss(
   joint_logits: jnp.ndarray, marginal_logits: jnp.ndarray
 ) -> jnp.ndarray:

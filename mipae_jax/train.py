@@ -2,7 +2,8 @@
 DRNET: the train state, one pure sharded `train_step`, and the loop."""
 
 import functools
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -25,20 +26,21 @@ from mipae_jax import (
 from mipae_jax.models.networks import Networks, build_networks
 
 Variables = dict[str, Any]
-ENCODER_NAMES = ("content_encoder", "pose_encoder", "decoder")
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Parameters of all four networks, BatchNorm statistics, one Adam state.
+  """Parameters of all four networks, BatchNorm statistics, two Adam states.
 
-  Adam is element-wise, so one optimiser over {E_c, E_p, D, critic} equals
-  the reference's two optimisers with the same settings (Sec. IV-A).
+  As in the reference, E_c, E_p and D share one Adam state ("main") and the
+  critic has its own ("critic"); both use `tx` (Sec. IV-A settings). The two
+  are updated at different moments of a step (critic first), so they cannot
+  be one optimiser over all parameters.
   """
 
   step: jax.Array
   params: Variables
   batch_stats: Variables
-  opt_state: optax.OptState
+  opt_state: dict[str, optax.OptState]
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
@@ -50,6 +52,9 @@ class MipaeMetrics(metrics.Collection):
   mi_estimate: metrics.Average.from_output("mi_estimate")
   critic_loss: metrics.Average.from_output("critic_loss")
   critic_accuracy: metrics.Average.from_output("critic_accuracy")
+  grad_norm: metrics.Average.from_output("grad_norm")
+  critic_grad_norm: metrics.Average.from_output("critic_grad_norm")
+  param_norm: metrics.Average.from_output("param_norm")
 
 
 @flax.struct.dataclass
@@ -60,6 +65,9 @@ class DrnetMetrics(metrics.Collection):
   adversarial_loss: metrics.Average.from_output("adversarial_loss")
   discriminator_loss: metrics.Average.from_output("discriminator_loss")
   discriminator_accuracy: metrics.Average.from_output("discriminator_accuracy")
+  grad_norm: metrics.Average.from_output("grad_norm")
+  critic_grad_norm: metrics.Average.from_output("critic_grad_norm")
+  param_norm: metrics.Average.from_output("param_norm")
 
 
 METRICS = {"mipae": MipaeMetrics, "drnet": DrnetMetrics}
@@ -68,6 +76,20 @@ METRICS = {"mipae": MipaeMetrics, "drnet": DrnetMetrics}
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam, lr 0.002, b1 0.5 (Sec. IV-A)."""
   return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+
+
+def split_params(params: Variables) -> tuple[Variables, Variables]:
+  """(E_c, E_p, D parameters, critic parameters)."""
+  main = {name: value for name, value in params.items() if name != "critic"}
+  return main, params["critic"]
+
+
+def init_opt_state(
+  tx: optax.GradientTransformation, params: Variables
+) -> dict[str, optax.OptState]:
+  """One state of `tx` for the main network and one for the critic."""
+  main, critic = split_params(params)
+  return {"main": tx.init(main), "critic": tx.init(critic)}
 
 
 def init_variables(
@@ -119,25 +141,14 @@ def create_train_state(
     step=jnp.zeros((), jnp.int32),
     params=params,
     batch_stats=batch_stats,
-    opt_state=tx.init(params),
+    opt_state=init_opt_state(tx, params),
     tx=tx,
   )
 
 
-def sample_frame_pairs(
-  video: jnp.ndarray, rng: jax.Array
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Per video, k ~ U[1, T-1] and t ~ U[0, T-1-k]: frames x^t and x^{t+k}."""
-  batch_size, num_frames = video.shape[:2]
-  rng_k, rng_t = jax.random.split(rng)
-  offset = jax.random.randint(rng_k, (batch_size,), 1, num_frames)
-  start = jax.random.randint(rng_t, (batch_size,), 0, num_frames - offset)
-
-  def take(index):
-    index = index[:, None, None, None, None]
-    return jnp.take_along_axis(video, index, axis=1)[:, 0]
-
-  return take(start), take(start + offset)
+def take_frame(video: jnp.ndarray, index: jax.Array) -> jnp.ndarray:
+  """Frame `index` (one scalar for the whole batch) of every video [B, T, ...]."""
+  return jax.lax.dynamic_index_in_dim(video, index, axis=1, keepdims=False)
 
 
 def _apply_train(module, params, batch_stats, *args):
@@ -159,6 +170,47 @@ def _accuracy(joint_logits, marginal_logits):
   return 0.5 * (jnp.mean(joint_logits > 0) + jnp.mean(marginal_logits < 0))
 
 
+def marginal_partner(rng: jax.Array, size: int, kind: str) -> jnp.ndarray:
+  """Index of each video's marginal partner: torch.randperm as in the
+  reference ("permutation", about one fixed point per batch) or a
+  derangement (the paper's "distinct video sequences")."""
+  if kind == "derangement":
+    return objectives.derangement(rng, size)
+  return jax.random.permutation(rng, size)
+
+
+class StepDraws(NamedTuple):
+  """The random choices of one `train_step`."""
+
+  critic_frames: jax.Array  # [2]: frames i, j of the critic's pairs
+  critic_partner: jax.Array  # [B]: marginal partner of each critic pair
+  offset: jax.Array  # k in [1, T-1]: the frame E_p and D work on
+  other_frame: jax.Array  # j in [0, T-1]: the detached second pose code
+  partner: jax.Array  # [B]: marginal partner of each main-network pair
+
+
+def draw_step(
+  rng: jax.Array, num_frames: int, batch_size: int, marginal_pairs: str
+) -> StepDraws:
+  """Draws a step's frame indices (one per batch, as the reference's
+  `random.randint`) and marginal partners."""
+  keys = jax.random.split(rng, 5)
+  return StepDraws(
+    critic_frames=jax.random.randint(keys[0], (2,), 0, num_frames),
+    critic_partner=marginal_partner(keys[1], batch_size, marginal_pairs),
+    offset=jax.random.randint(keys[2], (), 1, num_frames),
+    other_frame=jax.random.randint(keys[3], (), 0, num_frames),
+    partner=marginal_partner(keys[4], batch_size, marginal_pairs),
+  )
+
+
+def _critic_objective(method: str, joint: jnp.ndarray, marginal: jnp.ndarray):
+  """Loss the critic minimises: -eq. 6 (MIPAE) or DRNET's BCE."""
+  if method == "mipae":
+    return objectives.critic_loss(joint, marginal)
+  return objectives.scene_discriminator_loss(joint, marginal)
+
+
 def train_step(
   networks: Networks,
   loss_config: ml_collections.ConfigDict,
@@ -167,106 +219,125 @@ def train_step(
   batch: dict[str, jnp.ndarray],
   rng: jax.Array,
 ) -> tuple[TrainState, metrics.Collection]:
-  """One update of E_c, E_p, D (eq. 5, or DRNET's loss) and of the critic.
+  """One step of the reference solver: the critic, then E_c, E_p and D.
 
-  The encoders see two frames x^t, x^{t+k} of each video; D reconstructs
-  x^{t+k} from (E_c(x^t), E_p(x^{t+k})) (or x^t from its own codes, eq. 4 as
-  printed). Joint pose pairs come from the same video, marginal pairs from a
-  derangement of the batch. Critic and main network are updated from one
-  backward pass: each objective sees the other's inputs through
-  stop_gradient, so the critic ascends eq. 6 while the encoders descend eq. 5.
+  1. Critic (eq. 6, or DRNET's scene discriminator) on `batch["critic_video"]`:
+     pose codes of two frames i, j drawn independently (no gradient into
+     E_p), marginal pairs by shuffling the second code over the batch.
+  2. E_c, E_p, D (eq. 5, or DRNET's loss) on `batch["video"]` against the
+     critic just updated: k ~ U[1, T-1], j ~ U[0, T-1]; z_c = E_c(x^0)
+     (eq. 1 against E_c(x^k), detached); D reconstructs x^k from
+     (z_c, E_p(x^k)) (eq. 4; x^0 from its own codes with recon_target
+     "same"); eq. 3 pairs E_p(x^k) with the detached E_p(x^j), so the
+     gradient flows through one pose code only.
+  Frame indices are one draw per batch, as in the reference. BatchNorm
+  statistics follow every training-mode call, critic phase included.
   """
-  rng_pairs, rng_perm = jax.random.split(rng)
-  frames_t, frames_tk = sample_frame_pairs(batch["video"], rng_pairs)
-  frames_t = autoencoder.to_float_frames(frames_t)
-  frames_tk = autoencoder.to_float_frames(frames_tk)
-  partner = objectives.derangement(rng_perm, frames_t.shape[0])
   sg = jax.lax.stop_gradient
+  video, critic_video = batch["video"], batch["critic_video"]
+  draws = draw_step(rng, video.shape[1], video.shape[0], loss_config.marginal_pairs)
+  main_params, critic_params = split_params(state.params)
+  stats = dict(state.batch_stats)
+
+  def critic_fn(params, a, b):
+    return networks.critic.apply({"params": params}, a, b)
+
+  # 1. The critic, on its own batch.
+  codes = []
+  for index in draws.critic_frames:
+    frames = autoencoder.to_float_frames(take_frame(critic_video, index))
+    code, stats["pose_encoder"] = _apply_train(
+      networks.pose_encoder, main_params["pose_encoder"], stats["pose_encoder"], frames
+    )
+    codes.append(sg(_pose_code(code)))
+  pose_i, pose_j = codes
+
+  def critic_loss_fn(params):
+    joint = critic_fn(params, pose_i, pose_j)
+    marginal = critic_fn(params, pose_i, pose_j[draws.critic_partner])
+    return _critic_objective(method, joint, marginal), (joint, marginal)
+
+  (critic_objective, (joint_c, marginal_c)), critic_grads = jax.value_and_grad(
+    critic_loss_fn, has_aux=True
+  )(critic_params)
+  critic_updates, critic_opt = state.tx.update(
+    critic_grads, state.opt_state["critic"], critic_params
+  )
+  critic_params = optax.apply_updates(critic_params, critic_updates)
+
+  # 2. E_c, E_p and D, on the other batch, against the updated critic.
+  frames_0 = autoencoder.to_float_frames(take_frame(video, 0))
+  frames_k = autoencoder.to_float_frames(take_frame(video, draws.offset))
+  frames_j = autoencoder.to_float_frames(take_frame(video, draws.other_frame))
+  same_frame = loss_config.recon_target == "same"
 
   def loss_fn(params):
-    stats = dict(state.batch_stats)
-    (content_t, skips_t), stats["content_encoder"] = _apply_train(
-      networks.content_encoder,
-      params["content_encoder"],
-      stats["content_encoder"],
-      frames_t,
-    )
-    (content_tk, _), stats["content_encoder"] = _apply_train(
-      networks.content_encoder,
-      params["content_encoder"],
-      stats["content_encoder"],
-      frames_tk,
-    )
-    pose_t, stats["pose_encoder"] = _apply_train(
-      networks.pose_encoder, params["pose_encoder"], stats["pose_encoder"], frames_t
-    )
-    pose_tk, stats["pose_encoder"] = _apply_train(
-      networks.pose_encoder, params["pose_encoder"], stats["pose_encoder"], frames_tk
-    )
-    pose_t, pose_tk = _pose_code(pose_t), _pose_code(pose_tk)
-    if loss_config.recon_target == "offset":
-      recon_pose, target = pose_tk, frames_tk
-    else:
-      recon_pose, target = pose_t, frames_t
-    decoded, stats["decoder"] = _apply_train(
-      networks.decoder,
-      params["decoder"],
-      stats["decoder"],
-      content_t,
-      recon_pose,
-      skips_t if networks.skip_connections else None,
-    )
-    recon = objectives.reconstruction_loss(decoded, target)
-    sim = objectives.similarity_loss(content_t, content_tk)
-    pose_marginal = pose_tk[partner]
+    new_stats = dict(stats)
 
-    def critic(critic_params, a, b):
-      return networks.critic.apply({"params": critic_params}, a, b)
+    def run(name, *args):
+      out, new_stats[name] = _apply_train(
+        getattr(networks, name), params[name], new_stats[name], *args
+      )
+      return out
 
-    # Logits seen by the encoders (critic frozen) and by the critic (codes frozen).
-    joint = critic(sg(params["critic"]), pose_t, pose_tk)
-    marginal = critic(sg(params["critic"]), pose_t, pose_marginal)
-    critic_joint = critic(params["critic"], sg(pose_t), sg(pose_tk))
-    critic_marginal = critic(params["critic"], sg(pose_t), sg(pose_marginal))
-    accuracy = _accuracy(critic_joint, critic_marginal)
+    content_0, skips = run("content_encoder", frames_0)
+    content_k, _ = run("content_encoder", frames_k)
+    recon_frames = frames_0 if same_frame else frames_k
+    pose = _pose_code(run("pose_encoder", recon_frames))
+    pose_other = sg(_pose_code(run("pose_encoder", frames_j)))
+    decoded = run(
+      "decoder",
+      content_0,
+      pose,
+      skips if networks.skip_connections else None,
+    )
+    recon = objectives.reconstruction_loss(decoded, recon_frames)
+    sim = objectives.similarity_loss(content_0, content_k)
+    joint = critic_fn(critic_params, pose, pose_other)
     if method == "mipae":
+      marginal = critic_fn(critic_params, pose, pose_other[draws.partner])
       mi = objectives.mutual_information_bound(joint, marginal)
       main = objectives.mipae_loss(
         recon, sim, mi, loss_config.sim_weight, loss_config.mi_weight
       )
-      critic_objective = objectives.critic_loss(critic_joint, critic_marginal)
-      logs = dict(
-        mi_estimate=objectives.mutual_information_bound(critic_joint, critic_marginal),
-        critic_loss=critic_objective,
-        critic_accuracy=accuracy,
-      )
+      logs = dict(mi_estimate=mi)
     else:
       adversarial = objectives.adversarial_pose_loss(joint)
-      main = (
-        recon
-        + loss_config.sim_weight * sim
-        + loss_config.adversarial_weight * adversarial
+      main = objectives.drnet_loss(
+        recon, sim, adversarial, loss_config.sim_weight, loss_config.adversarial_weight
       )
-      critic_objective = objectives.scene_discriminator_loss(
-        critic_joint, critic_marginal
-      )
-      logs = dict(
-        adversarial_loss=adversarial,
-        discriminator_loss=critic_objective,
-        discriminator_accuracy=accuracy,
-      )
+      logs = dict(adversarial_loss=adversarial)
     logs.update(loss=main, recon_loss=recon, sim_loss=sim)
-    return main + critic_objective, (stats, logs)
+    return main, (new_stats, logs)
 
-  grads, (batch_stats, logs) = jax.grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  grads, (batch_stats, logs) = jax.grad(loss_fn, has_aux=True)(main_params)
+  updates, main_opt = state.tx.update(grads, state.opt_state["main"], main_params)
+  main_params = optax.apply_updates(main_params, updates)
+  params = {**main_params, "critic": critic_params}
+  accuracy = _accuracy(joint_c, marginal_c)
+  if method == "mipae":
+    logs.update(critic_loss=critic_objective, critic_accuracy=accuracy)
+  else:
+    logs.update(discriminator_loss=critic_objective, discriminator_accuracy=accuracy)
+  logs.update(
+    grad_norm=optax.tree.norm(grads),
+    critic_grad_norm=optax.tree.norm(critic_grads),
+    param_norm=optax.tree.norm(params),
+  )
   new_state = state.replace(
     step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
+    params=params,
     batch_stats=batch_stats,
-    opt_state=opt_state,
+    opt_state={"main": main_opt, "critic": critic_opt},
   )
   return new_state, METRICS[method].single_from_model_output(**logs)
+
+
+def next_batch(train_iter: Iterator[dict[str, Any]]) -> dict[str, Any]:
+  """The two batches of one step, drawn in the reference's order: the
+  critic's first, then the main network's."""
+  critic = next(train_iter)["video"]
+  return {"critic_video": critic, "video": next(train_iter)["video"]}
 
 
 def make_train_step(
@@ -387,7 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with checkpoints.preemption_guard() as preempted:
     while step < config.num_train_steps:
       step += 1
-      batch = next(train_iter)
+      batch = next_batch(train_iter)
       state, step_metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
       train_metrics = (
         step_metrics if train_metrics is None else train_metrics.merge(step_metrics)

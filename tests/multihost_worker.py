@@ -49,7 +49,7 @@ def main(out_dir: str) -> None:
   networks = build_networks(cfg, 3)
   state, _ = train.init_state(networks, cfg, mesh, (64, 64, 3))
   sgd = optax.sgd(1.0)
-  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  state = state.replace(tx=sgd, opt_state=train.init_opt_state(sgd, state.params))
   replicated = sharding.replicated(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
   step_fn = train.make_train_step(networks, cfg, mesh, state_sharding)
@@ -57,7 +57,10 @@ def main(out_dir: str) -> None:
   per_process = GLOBAL_BATCH // jax.process_count()
   start = jax.process_index() * per_process
   for step, video in enumerate(global_batches()):
-    local = {"video": video[start : start + per_process]}
+    local = {
+      "video": video[start : start + per_process],
+      "critic_video": video[start : start + per_process, ::-1],
+    }
     batch = jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local
     )

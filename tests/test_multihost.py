@@ -62,7 +62,9 @@ def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
 
   def init_fn(rng):  # the workers train with SGD
     state = train.create_train_state(networks, cfg, rng, (64, 64, 3))
-    return state.replace(opt_state=train.optax.sgd(1.0).init(state.params))
+    return state.replace(
+      opt_state=train.init_opt_state(train.optax.sgd(1.0), state.params)
+    )
 
   state, step = checkpoints.restore_trained(init_fn)
   assert step == multihost_worker.NUM_STEPS

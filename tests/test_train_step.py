@@ -69,8 +69,8 @@ def _setup(config, mesh):
   return networks, state, step_fn
 
 
-def _video_batch(batch_size, num_frames=6, seed=0):
-  """Squares moving right over a static bar: learnable, with a per-video content."""
+def _videos(batch_size, num_frames, seed):
+  """Squares moving right: learnable, with a per-video colour and row."""
   rng = np.random.default_rng(seed)
   video = np.zeros((batch_size, num_frames, 64, 64, 3), np.uint8)
   for b in range(batch_size):
@@ -79,7 +79,15 @@ def _video_batch(batch_size, num_frames=6, seed=0):
     for t in range(num_frames):
       x = 4 * t
       video[b, t, y : y + 12, x : x + 12, colour] = 255
-  return {"video": video}
+  return video
+
+
+def _video_batch(batch_size, num_frames=6, seed=0):
+  """The two batches of one step: the main network's and the critic's."""
+  return {
+    "video": _videos(batch_size, num_frames, seed),
+    "critic_video": _videos(batch_size, num_frames, seed + 1),
+  }
 
 
 def _small(config_module):
@@ -98,7 +106,14 @@ def test_step_runs_once_compiled_and_reports_every_loss(config_module):
     state, metrics = step_fn(state, batch, jax.random.PRNGKey(i))
   assert step_fn._cache_size() == 1
   values = metrics.compute()
-  expected = {"loss", "recon_loss", "sim_loss"} | (
+  expected = {
+    "loss",
+    "recon_loss",
+    "sim_loss",
+    "grad_norm",
+    "critic_grad_norm",
+    "param_norm",
+  } | (
     {"mi_estimate", "critic_loss", "critic_accuracy"}
     if config.method == "mipae"
     else {"adversarial_loss", "discriminator_loss", "discriminator_accuracy"}
@@ -137,7 +152,7 @@ def _sgd_steps(config, devices, num_steps=2):
   mesh = sharding.create_mesh(devices)
   networks = build_networks(config, 3)
   state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
-  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  state = state.replace(tx=sgd, opt_state=train.init_opt_state(sgd, state.params))
   state_sharding = _replicated_like(state, mesh)
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
   for i in range(num_steps):
@@ -153,8 +168,10 @@ def _assert_same_step(result, expected):
   (params, metrics), (expected_params, expected_metrics) = result, expected
   assert set(metrics) == set(expected_metrics)
   for key in metrics:
+    # atol: I_JS = mean(C) - mean(exp C) + 1 cancels O(1) terms to ~1e-3,
+    # so float32 summation order moves it by ~1e-6.
     np.testing.assert_allclose(
-      metrics[key], expected_metrics[key], rtol=1e-4, atol=1e-6
+      metrics[key], expected_metrics[key], rtol=1e-4, atol=1e-5
     )
   jax.tree.map(
     functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=2e-5),
@@ -187,16 +204,6 @@ def test_fast_and_plain_convs_give_the_same_losses_and_gradients(config_module):
     config.model.conv_impl = conv_impl
     results[conv_impl] = _sgd_steps(config, jax.devices()[:1], num_steps=1)
   _assert_same_step(results["fast"], results["plain"])
-
-
-def test_frame_pairs_are_offset_by_at_least_one_frame():
-  video = jnp.arange(4 * 5, dtype=jnp.uint8).reshape(4, 5, 1, 1, 1)
-  video = jnp.broadcast_to(video, (4, 5, 2, 2, 1))
-  for seed in range(10):
-    x_t, x_tk = train.sample_frame_pairs(video, jax.random.PRNGKey(seed))
-    t, tk = np.asarray(x_t[:, 0, 0, 0]) % 5, np.asarray(x_tk[:, 0, 0, 0]) % 5
-    assert np.all(tk > t) and np.all(tk <= 4)
-    assert np.all(np.asarray(x_t[:, 0, 0, 0]) // 5 == np.arange(4))
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-conv_kernel_init = nn.initializers.normal(stddev=0.02)
+# Conv, transposed-conv and Dense kernels: N(0, 0.02).
+weight_init = nn.initializers.normal(stddev=0.02)
 
 
 def batchnorm_scale_init(

@@ -34,7 +34,7 @@ def _conv(
     kernel_size=(kernel, kernel),
     strides=(strides, strides),
     padding=((padding, padding), (padding, padding)),
-    kernel_init=initializers.conv_kernel_init,
+    kernel_init=initializers.weight_init,
     dtype=dtype,
     name=name,
   )

@@ -44,7 +44,7 @@ class VGGBlock(nn.Module):
       self.features,
       kernel_size=(3, 3),
       padding=((1, 1), (1, 1)),
-      kernel_init=initializers.conv_kernel_init,
+      kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="conv",
     )(x)
@@ -86,7 +86,7 @@ class VGGContentEncoder(nn.Module):
       self.content_dim,
       kernel_size=(4, 4),
       padding="VALID",
-      kernel_init=initializers.conv_kernel_init,
+      kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="head_conv",
     )(h)
@@ -127,7 +127,7 @@ class VGGDecoder(nn.Module):
       ENCODER_STAGES[-1][-1],
       kernel_size=(4, 4),
       padding="VALID",
-      kernel_init=initializers.conv_kernel_init,
+      kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="input_upconv",
     )(h[:, None, None, :])
@@ -150,7 +150,7 @@ class VGGDecoder(nn.Module):
       self.out_channels,
       kernel_size=(3, 3),
       padding=((1, 1), (1, 1)),
-      kernel_init=initializers.conv_kernel_init,
+      kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="output_conv",
     )(h)
