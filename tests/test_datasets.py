@@ -260,24 +260,54 @@ def test_moving_mnist_builds_from_the_real_mnist_files(tmp_path):
 # Moving dSprites.
 
 
-@pytest.mark.parametrize("rotating", [False, True])
-def test_moving_dsprites_shapes_factors_physics_and_rerender(tmp_path, rotating):
+def _occluded_by_hand(raw, order):
+  """The authors' occlusion, generalised: a sprite is zeroed where any sprite
+  listed before it in `order` (front to back) is lit in the unoccluded frames."""
+  expected = raw.copy()
+  for rank, sprite in enumerate(order):
+    for front in order[:rank]:
+      expected[..., sprite][raw[..., front] > 0] = 0
+  return expected
+
+
+@pytest.mark.parametrize("rotating, num_sprites", [(False, 2), (True, 2), (False, 3)])
+def test_moving_dsprites_shapes_factors_physics_and_rerender(
+  tmp_path, rotating, num_sprites
+):
   config = moving_dsprites.MovingDspritesConfig(
-    name="tiny", rotating=rotating, seq_len=SEQ_LEN, num_train=8, num_test=6
+    name="tiny",
+    rotating=rotating,
+    num_sprites=num_sprites,
+    seq_len=SEQ_LEN,
+    num_train=8,
+    num_test=6,
   )
   builder = _build(moving_dsprites.MovingDsprites, config, tmp_path)
   metadata = builder.info.metadata
   per_sprite = 2 if rotating else 3
-  assert len(metadata["content_factor_names"]) == 2 * per_sprite
-  assert len(metadata["pose_factor_names"]) == 2 * (5 - per_sprite)
+  content_sizes, pose_sizes = moving_dsprites.factor_sizes(config)
+  assert metadata["content_factor_names"] == list(config.content_factor_names)
+  assert len(metadata["content_factor_names"]) == num_sprites * per_sprite + 1
+  assert metadata["content_factor_names"][-1] == "depth_order"
+  assert metadata["pose_factor_names"] == list(config.pose_factor_names)
+  assert len(metadata["pose_factor_names"]) == num_sprites * (5 - per_sprite)
+  assert metadata["content_factor_sizes"] == list(content_sizes)
+  assert metadata["pose_factor_sizes"] == list(pose_sizes)
+  assert (
+    content_sizes[-1] == len(metadata["depth_orders"]) == (2 if num_sprites == 2 else 6)
+  )
+  orders = np.array(metadata["depth_orders"])
   centres = shapes.position_centres()
   for split in ("train", "test"):
     allowed = {tuple(c) for c in metadata[f"{split}_contents"]}
     for example in _examples(builder, split):
       video = example["video"]
       assert video.shape == (SEQ_LEN, 64, 64, 3) and video.dtype == np.uint8
-      content = example["content_factors"].reshape(2, per_sprite)
-      pose = example["pose_factors"].reshape(SEQ_LEN, 2, 5 - per_sprite)
+      factors, pose_factors = example["content_factors"], example["pose_factors"]
+      assert (factors < content_sizes).all() and (pose_factors < pose_sizes).all()
+      content = factors[:-1].reshape(num_sprites, per_sprite)
+      order = orders[factors[-1]]
+      pose = pose_factors.reshape(SEQ_LEN, num_sprites, 5 - per_sprite)
       assert {tuple(c) for c in content.tolist()} <= allowed
       _assert_bouncing(
         pose[..., :2], example["velocities"], moving_dsprites.MAX_POSITION
@@ -291,18 +321,106 @@ def test_moving_dsprites_shapes_factors_physics_and_rerender(tmp_path, rotating)
         )
         orientations = pose[..., 2]
       else:
-        orientations = np.broadcast_to(content[:, 2], (SEQ_LEN, 2))
-      rerendered = shapes.render_frames(
+        orientations = np.broadcast_to(content[:, 2], (SEQ_LEN, num_sprites))
+      raw = shapes.render_frames(
         content[:, :2], orientations, pose[..., 0], pose[..., 1]
       )
+      np.testing.assert_array_equal(video, _occluded_by_hand(raw, order))
+      # Every frame re-renders from its own row of factors.
+      rerendered = moving_dsprites.render_frames(
+        config, np.broadcast_to(factors, (SEQ_LEN, len(factors))), pose_factors
+      )
       np.testing.assert_array_equal(rerendered, video)
-      assert not video[..., 2].any()  # Two sprites, two channels.
+      if num_sprites == 2:
+        assert not video[..., 2].any()  # Two sprites, two channels.
       # Independently: each sprite's box around its position centre.
       for t in (0, SEQ_LEN - 1):
-        for s in range(2):
-          rows, cols = np.nonzero(video[t, :, :, s])
+        for s in range(num_sprites):
+          rows, cols = np.nonzero(raw[t, :, :, s])
           assert abs(cols.mean() + 0.5 - centres[pose[t, s, 0]]) < 3
           assert abs(rows.mean() + 0.5 - centres[pose[t, s, 1]]) < 3
+
+
+def test_moving_dsprites_draws_every_depth_order():
+  config = moving_dsprites.MovingDspritesConfig(name="orders", num_sprites=3)
+  contents = moving_dsprites.split_contents(config)["train"]
+  drawn = [
+    int(moving_dsprites.sample_video(config, "train", i, contents)["depth_order"])
+    for i in range(120)
+  ]
+  assert set(drawn) == set(range(6))
+  np.testing.assert_array_equal(
+    moving_dsprites.depth_orders(2), [[0, 1], [1, 0]]
+  )  # With two sprites the factor is the front sprite.
+  assert moving_dsprites.factor_sizes(
+    moving_dsprites.MovingDspritesConfig(name="one", num_sprites=1)
+  ) == ((3, 6, 40), (32, 32))
+
+
+def _overlapping_factors(num_sprites, depth_order):
+  """Square, ellipse, heart at scale 5, all centred on grid position (15, 16)."""
+  content = [[shape, 5, 3] for shape in range(num_sprites)]
+  content = np.array([sum(content, []) + [depth_order]])
+  pose = np.array([[15, 16] * num_sprites])
+  return content, pose
+
+
+def test_front_sprite_hides_the_back_one_where_they_overlap():
+  config = moving_dsprites.MovingDspritesConfig(name="occlusion")
+  for front in (0, 1):
+    content, pose = _overlapping_factors(2, depth_order=front)
+    frame = moving_dsprites.render_frames(config, content, pose)[0]
+    raw = shapes.render_frames(
+      np.array([[0, 5], [1, 5]]), np.array([[3, 3]]), pose[:, 0::2], pose[:, 1::2]
+    )[0]
+    back = 1 - front
+    overlap = (raw[..., front] > 0) & (raw[..., back] > 0)
+    assert overlap.sum() > 50  # Without occlusion both are lit there.
+    assert not frame[..., back][raw[..., front] > 0].any()
+    np.testing.assert_array_equal(frame[..., front], raw[..., front])
+    visible_back = (raw[..., back] > 0) & (raw[..., front] == 0)
+    np.testing.assert_array_equal(frame[..., back] > 0, visible_back)
+
+
+def test_three_sprites_are_hidden_by_every_sprite_in_front():
+  config = moving_dsprites.MovingDspritesConfig(name="occlusion", num_sprites=3)
+  frames = []
+  for index, (front, middle, back) in enumerate(moving_dsprites.depth_orders(3)):
+    content, pose = _overlapping_factors(3, depth_order=index)
+    frame = moving_dsprites.render_frames(config, content, pose)[0]
+    raw = shapes.render_frames(
+      np.array([[0, 5], [1, 5], [2, 5]]),
+      np.full((1, 3), 3),
+      pose[:, 0::2],
+      pose[:, 1::2],
+    )[0]
+    lit = raw > 0
+    np.testing.assert_array_equal(frame, _occluded_by_hand(raw, (front, middle, back)))
+    np.testing.assert_array_equal(frame[..., front], raw[..., front])
+    np.testing.assert_array_equal(
+      frame[..., middle] > 0, lit[..., middle] & ~lit[..., front]
+    )
+    np.testing.assert_array_equal(
+      frame[..., back] > 0, lit[..., back] & ~lit[..., front] & ~lit[..., middle]
+    )
+    frames.append(frame)
+  assert len({f.tobytes() for f in frames}) == 6
+
+
+def test_render_frames_rejects_factors_outside_their_sizes(tmp_path):
+  config = moving_dsprites.MovingDspritesConfig(name="bad")
+  content, pose = _overlapping_factors(2, depth_order=1)
+  with pytest.raises(ValueError, match=r"content must be \[N, 7\]"):
+    moving_dsprites.render_frames(config, content[:, :-1], pose)
+  bad = content.copy()
+  bad[0, -1] = 2
+  with pytest.raises(ValueError, match="outside"):
+    moving_dsprites.render_frames(config, bad, pose)
+  with pytest.raises(ValueError, match="outside"):
+    moving_dsprites.render_frames(config, content, pose + 17)
+  npz = moving_dsprites.MovingDspritesConfig(name="bad_npz", source="npz")
+  with pytest.raises(FileNotFoundError, match=moving_dsprites.DSPRITES_FILE):
+    moving_dsprites.render_frames(npz, content, pose, manual_dir=tmp_path)
 
 
 @pytest.mark.parametrize("rotating", [False, True])
@@ -351,7 +469,13 @@ def test_moving_mpi3d_reads_factor_sizes_from_the_file(tmp_path):
   for info in (builder.info, reloaded.info):
     assert info.metadata["content_factor_sizes"] == list(factor_sizes[:5])
     assert info.metadata["pose_factor_sizes"] == list(factor_sizes[5:])
+  images = moving_mpi3d.load_images(tmp_path / moving_mpi3d.MPI3D_FILE)
+  assert moving_mpi3d.factor_sizes(config, images) == (
+    factor_sizes[:5],
+    factor_sizes[5:],
+  )
   for split, num_videos in (("train", 6), ("test", 3)):
+    allowed = {tuple(c) for c in builder.info.metadata[f"{split}_contents"]}
     examples = _examples(builder, split)
     assert len(examples) == num_videos
     for example in examples:
@@ -362,6 +486,11 @@ def test_moving_mpi3d_reads_factor_sizes_from_the_file(tmp_path):
       )
       assert video.shape == (SEQ_LEN, 64, 64, 3) and video.dtype == np.uint8
       assert content.shape == (5,) and pose.shape == (SEQ_LEN, 2)
+      assert tuple(content.tolist()) in allowed
+      rerendered = moving_mpi3d.render_frames(
+        config, np.broadcast_to(content, (SEQ_LEN, 5)), pose, images
+      )
+      np.testing.assert_array_equal(rerendered, video)
       _assert_bouncing(pose, example["velocities"], np.array(factor_sizes[5:]) - 1)
       assert np.abs(example["velocities"]).max() <= 4
       # Each frame's pixels name the factors it was photographed with.
@@ -370,6 +499,60 @@ def test_moving_mpi3d_reads_factor_sizes_from_the_file(tmp_path):
         encoded[:, :5], np.broadcast_to(content, (SEQ_LEN, 5))
       )
       np.testing.assert_array_equal(encoded[:, 5:], pose)
+
+
+def test_moving_mpi3d_train_and_test_contents_are_disjoint(tmp_path):
+  factor_sizes = (2, 3, 1, 2, 1, 6, 5)
+  _write_mpi3d(tmp_path / moving_mpi3d.MPI3D_FILE, factor_sizes)
+  config = moving_mpi3d.MovingMpi3dConfig(
+    name="split", seq_len=4, num_train=40, num_test=20
+  )
+  builder = _build(moving_mpi3d.MovingMpi3d, config, tmp_path / "data", tmp_path)
+  metadata = moving_mpi3d.MovingMpi3d(
+    config=config, data_dir=str(tmp_path / "data")
+  ).info.metadata
+  train = {tuple(c) for c in metadata["train_contents"]}
+  test = {tuple(c) for c in metadata["test_contents"]}
+  assert not train & test
+  assert train | test == set(np.ndindex(*factor_sizes[:5]))
+  assert len(test) == 4  # A third of the 12 combinations.
+  for axis, size in enumerate(factor_sizes[:5]):
+    assert {c[axis] for c in train} == set(range(size))
+  for split, allowed in (("train", train), ("test", test)):
+    seen = {tuple(e["content_factors"].tolist()) for e in _examples(builder, split)}
+    assert seen <= allowed and len(seen) > 1
+
+
+def test_moving_mpi3d_release_split_holds_out_a_third_of_contents():
+  config = moving_mpi3d.MovingMpi3dConfig(name="split")
+  contents = moving_mpi3d.split_contents(config)
+  train = {tuple(c) for c in contents["train"].tolist()}
+  test = {tuple(c) for c in contents["test"].tolist()}
+  assert (len(train), len(test)) == (432, 216) and not train & test
+  assert train | test == set(np.ndindex(*moving_mpi3d.RELEASED_FACTOR_SIZES[:5]))
+  for axis, size in enumerate(moving_mpi3d.RELEASED_FACTOR_SIZES[:5]):
+    assert set(contents["train"][:, axis]) == set(range(size))
+  assert moving_mpi3d.factor_sizes(config) == ((6, 6, 2, 3, 3), (40, 40))
+  other_seed = moving_mpi3d.split_contents(
+    moving_mpi3d.MovingMpi3dConfig(name="split", seed=1)
+  )
+  assert not np.array_equal(other_seed["test"], contents["test"])
+  with pytest.raises(ValueError, match="no combination can be held out"):
+    moving_mpi3d.split_contents(config, (2, 1, 1, 1, 1))
+
+
+def test_moving_mpi3d_render_frames_gathers_the_named_photographs(tmp_path):
+  factor_sizes = (2, 3, 1, 2, 1, 6, 5)
+  _write_mpi3d(tmp_path / moving_mpi3d.MPI3D_FILE, factor_sizes)
+  images = moving_mpi3d.load_images(tmp_path / moving_mpi3d.MPI3D_FILE)
+  config = moving_mpi3d.MovingMpi3dConfig(name="frames")
+  content = np.array([[1, 2, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+  pose = np.array([[5, 4], [0, 0], [3, 1]])
+  frames = moving_mpi3d.render_frames(config, content, pose, images)
+  assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.uint8
+  np.testing.assert_array_equal(frames[:, 0, :7, 0], np.concatenate([content, pose], 1))
+  with pytest.raises(ValueError, match="outside"):
+    moving_mpi3d.render_frames(config, content, pose + 1, images)
 
 
 def test_load_npz_array_memory_maps_uncompressed_members(tmp_path):
@@ -418,6 +601,10 @@ def test_builders_are_registered_with_their_configs():
     ),
     (lambda: moving_mnist.MovingMnistConfig(name="x", seq_len=1), "seq_len=1"),
     (lambda: moving_mpi3d.MovingMpi3dConfig(name="x", num_test=0), "num_test=0"),
+    (
+      lambda: moving_mpi3d.MovingMpi3dConfig(name="x", test_content_fraction=1.0),
+      "test_content_fraction=1.0",
+    ),
     (
       lambda: moving_dsprites.MovingDspritesConfig(name="x", source="web"),
       "source='web'",
@@ -561,3 +748,33 @@ def test_official_frames_follow_the_dsprites_image_order():
         ((shape * 6 + scale) * 40 + orientations[t, s]) * 32 + xs[t, s]
       ) * 32 + ys[t, s]
       assert decoded[t, s] == expected
+
+
+def test_npz_videos_are_occluded_and_rerender_from_their_factors(tmp_path):
+  config = moving_dsprites.MovingDspritesConfig(
+    name="npz", source="npz", seq_len=4, num_train=6, num_test=2
+  )
+  builder = moving_dsprites.MovingDsprites(config=config, data_dir=str(tmp_path))
+  images = _IndexBitImages()
+  contents = moving_dsprites.split_contents(config)["train"]
+  orders = moving_dsprites.depth_orders(2)
+  occluded = 0
+  for _, example in builder._generate_examples("train", contents, images):
+    factors, pose = example["content_factors"], example["pose_factors"]
+    content = factors[:-1].reshape(2, 3)
+    raw = moving_dsprites.official_frames(
+      images,
+      content[:, :2],
+      np.broadcast_to(content[:, 2], (4, 2)),
+      pose[:, 0::2],
+      pose[:, 1::2],
+    )
+    np.testing.assert_array_equal(
+      example["video"], _occluded_by_hand(raw, orders[factors[-1]])
+    )
+    rerendered = moving_dsprites.render_frames(
+      config, np.broadcast_to(factors, (4, 7)), pose, images=images
+    )
+    np.testing.assert_array_equal(rerendered, example["video"])
+    occluded += not np.array_equal(raw, example["video"])
+  assert occluded > 0

@@ -122,6 +122,27 @@ def factor_metadata(
   )
 
 
+def check_factors(name: str, factors, sizes: Sequence[int]) -> np.ndarray:
+  """Returns `factors` as an int array [N, len(sizes)], each column in [0, size).
+
+  Raises:
+    ValueError: another shape, a non-integer dtype or a value out of range.
+  """
+  factors = np.asarray(factors)
+  if factors.ndim != 2 or factors.shape[1] != len(sizes):
+    raise ValueError(
+      f"{name} must be [N, {len(sizes)}] (one column per factor), found "
+      f"{factors.shape}."
+    )
+  if not np.issubdtype(factors.dtype, np.integer):
+    raise ValueError(f"{name} must hold integer factor indices, found {factors.dtype}.")
+  if factors.size and ((factors < 0).any() or (factors >= np.asarray(sizes)).any()):
+    raise ValueError(
+      f"{name} has values outside [0, size) for the column sizes {list(sizes)}."
+    )
+  return factors
+
+
 def find_manual_file(
   dl_manager: tfds.download.DownloadManager, filename: str, how_to_obtain: str
 ) -> epath.Path:

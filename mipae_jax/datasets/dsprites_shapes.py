@@ -111,23 +111,25 @@ def draw_sprite(
 def render_frames(
   content: np.ndarray, orientations: np.ndarray, xs: np.ndarray, ys: np.ndarray
 ) -> np.ndarray:
-  """Renders T frames of S sprites, sprite s in colour channel s.
+  """Renders T frames of S sprites, sprite s in colour channel s (no occlusion).
 
   Args:
-    content: int [S, 2], (shape, scale) of each sprite.
+    content: int [S, 2] (shape, scale) of each sprite, the same in every
+      frame, or [T, S, 2], one per frame.
     orientations, xs, ys: int [T, S] orientation and position indices.
 
   Returns:
     uint8 [T, 64, 64, 3] frames with values in {0, 255}.
   """
   num_frames, num_sprites = xs.shape
+  content = np.broadcast_to(content, (num_frames, num_sprites, 2))
   frames = np.zeros((num_frames, CANVAS_SIZE, CANVAS_SIZE, 3), np.uint8)
   for t in range(num_frames):
     for s in range(num_sprites):
       draw_sprite(
         frames[t, :, :, s],
-        int(content[s, 0]),
-        int(content[s, 1]),
+        int(content[t, s, 0]),
+        int(content[t, s, 1]),
         int(orientations[t, s]),
         int(xs[t, s]),
         int(ys[t, s]),

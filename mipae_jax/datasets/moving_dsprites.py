@@ -7,20 +7,36 @@ Its orientation is fixed per video ("fixed" configs, orientation is content)
 or turns by a per-video step in [-2, 2] each frame, wrapping mod 40
 ("rotating" configs, orientation is pose).
 
+Sprites occlude each other, as in the authors' loader: per video a depth
+order (a permutation of the sprites, front to back) is drawn uniformly, and
+each sprite's channel is zeroed wherever a sprite in front of it is lit. The
+order is the last content factor, "depth_order" (num_sprites >= 2 only): the
+index of the permutation in depth_orders(num_sprites), lexicographic, so with
+two sprites it is the front sprite itself (the authors' `front`).
+
 Content combinations are split so the test split holds only combinations
-never seen in training: (shape, scale, orientation) when fixed (500 train /
-220 test of 720), (shape, scale) when rotating (12 / 6 of 18, two held-out
-scales per shape, each scale held out for exactly one shape). The split is
-seeded and stored in the metadata ("train_contents", "test_contents").
+never seen in training: each sprite's (shape, scale, orientation) when
+fixed (500 train / 220 test of 720), (shape, scale) when rotating (12 / 6 of
+18, two held-out scales per shape, each scale held out for exactly one
+shape). The split is seeded and stored in the metadata ("train_contents",
+"test_contents"); the depth order is drawn from all orders in both splits.
+
+render_frames draws single frames from given factors with the code that draws
+the videos (MIG's factor-sampled frames); factor_sizes gives each factor
+column's number of values.
 
 Frames come from the embedded renderer (dsprites_shapes, the default) or from
 the official dSprites .npz ("*_npz" configs, manual dir).
 """
 
 import dataclasses
+import itertools
+import math
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from mipae_jax.datasets import common, motion
 from mipae_jax.datasets import dsprites_shapes as shapes
@@ -42,6 +58,7 @@ DSPRITES_IMAGES_SHAPE = (
   shapes.CANVAS_SIZE,
 )
 _HOW_TO_OBTAIN = f"download it from {DSPRITES_URL}"
+DEPTH_ORDER_FACTOR = "depth_order"
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,14 +100,35 @@ class MovingDspritesConfig(common.MovingVideoConfig):
       )
 
   @property
-  def content_factor_names(self) -> tuple[str, ...]:
-    """Per-sprite content factors."""
+  def sprite_content_factor_names(self) -> tuple[str, ...]:
+    """Content factors of one sprite (the combinations split_contents splits)."""
     return ("shape", "scale") if self.rotating else ("shape", "scale", "orientation")
 
   @property
-  def pose_factor_names(self) -> tuple[str, ...]:
-    """Per-sprite pose factors."""
+  def sprite_pose_factor_names(self) -> tuple[str, ...]:
+    """Pose factors of one sprite."""
     return ("x", "y", "orientation") if self.rotating else ("x", "y")
+
+  @property
+  def content_factor_names(self) -> tuple[str, ...]:
+    """The content_factors columns: sprite0_shape, ..., then depth_order (S >= 2)."""
+    names = [
+      f"sprite{s}_{n}"
+      for s in range(self.num_sprites)
+      for n in self.sprite_content_factor_names
+    ]
+    if self.num_sprites >= 2:
+      names.append(DEPTH_ORDER_FACTOR)
+    return tuple(names)
+
+  @property
+  def pose_factor_names(self) -> tuple[str, ...]:
+    """The pose_factors columns: sprite0_x, sprite0_y[, sprite0_orientation], ..."""
+    return tuple(
+      f"sprite{s}_{n}"
+      for s in range(self.num_sprites)
+      for n in self.sprite_pose_factor_names
+    )
 
 
 _FACTOR_SIZES = {
@@ -100,6 +138,54 @@ _FACTOR_SIZES = {
   "x": shapes.NUM_POSITIONS,
   "y": shapes.NUM_POSITIONS,
 }
+
+
+def factor_sizes(
+  config: MovingDspritesConfig,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Returns the number of values of each content and each pose column.
+
+  Columns are those of config.content_factor_names and pose_factor_names; a
+  column with n values takes the values 0 .. n - 1. Not every content row is
+  in every split: each sprite's block must be in split_contents(config)[split].
+  """
+  content = [_FACTOR_SIZES[n] for n in config.sprite_content_factor_names]
+  content *= config.num_sprites
+  if config.num_sprites >= 2:
+    content.append(math.factorial(config.num_sprites))
+  pose = [_FACTOR_SIZES[n] for n in config.sprite_pose_factor_names]
+  return tuple(content), tuple(pose * config.num_sprites)
+
+
+def depth_orders(num_sprites: int) -> np.ndarray:
+  """Returns every depth order, int32 [S!, S], each row the sprites front to back.
+
+  Rows are the permutations of range(S) in lexicographic order; the
+  depth_order factor indexes them, so depth_orders(S)[k, 0] is in front.
+  """
+  return np.array(list(itertools.permutations(range(num_sprites))), np.int32)
+
+
+def occlude(frames: np.ndarray, order: np.ndarray) -> np.ndarray:
+  """Zeroes each sprite's channel where a sprite in front of it is lit.
+
+  Args:
+    frames: uint8 [T, 64, 64, 3], sprite s alone in channel s.
+    order: int [T, S], each frame's sprites front to back (depth_orders rows).
+
+  Returns:
+    New uint8 [T, 64, 64, 3] frames.
+  """
+  order = np.asarray(order)
+  lit = frames > 0
+  occluded = frames.copy()
+  for front_to_back in np.unique(order, axis=0):
+    rows = (order == front_to_back).all(axis=1)
+    covered = np.zeros((rows.sum(), *frames.shape[1:3]), bool)
+    for sprite in front_to_back:
+      occluded[rows, :, :, sprite] = np.where(covered, 0, frames[rows, :, :, sprite])
+      covered |= lit[rows, :, :, sprite]
+  return occluded
 
 
 def all_contents(rotating: bool) -> np.ndarray:
@@ -148,7 +234,8 @@ def sample_video(
   Returns:
     "content" int32 [S, 2 or 3] (shape, scale[, orientation]) per sprite;
     "orientations", "xs", "ys" int32 [T, S]; "velocities" int32 [T, S, 2];
-    "rotation_steps" int32 [S] (0 when fixed).
+    "rotation_steps" int32 [S] (0 when fixed); "depth_order" int32 [], the
+    row of depth_orders(S) (0 with one sprite).
   """
   rng = common.video_rng(config.seed, split, index)
   num_sprites = config.num_sprites
@@ -165,6 +252,7 @@ def sample_video(
   else:
     steps = np.zeros(num_sprites, np.int32)
     orientations = np.broadcast_to(content[:, 2], (config.seq_len, num_sprites))
+  depth_order = rng.integers(0, math.factorial(num_sprites)) if num_sprites > 1 else 0
   return {
     "content": content.astype(np.int32),
     "orientations": np.asarray(orientations, np.int32),
@@ -172,6 +260,7 @@ def sample_video(
     "ys": positions[..., 1],
     "velocities": velocities,
     "rotation_steps": steps,
+    "depth_order": np.int32(depth_order),
   }
 
 
@@ -198,10 +287,11 @@ def official_frames(
   dSprites orders its images by (shape, scale, orientation, posX, posY).
   """
   num_frames, num_sprites = xs.shape
+  content = np.broadcast_to(content, (num_frames, num_sprites, 2))
   index = np.ravel_multi_index(
     (
-      np.broadcast_to(content[:, 0], (num_frames, num_sprites)),
-      np.broadcast_to(content[:, 1], (num_frames, num_sprites)),
+      content[..., 0],
+      content[..., 1],
       orientations,
       xs,
       ys,
@@ -222,19 +312,103 @@ def official_frames(
 def pose_and_content(
   config: MovingDspritesConfig, sample: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (content_factors [S * Fc], pose_factors [T, S * Fp]) of a sample."""
+  """Returns (content_factors [Fc], pose_factors [T, Fp]) of a sample.
+
+  Columns are those of config.content_factor_names and pose_factor_names.
+  """
   pose = [sample["xs"], sample["ys"]]
   if config.rotating:
     pose.append(sample["orientations"])
   pose_factors = np.stack(pose, -1).reshape(config.seq_len, -1)
-  return sample["content"].reshape(-1), pose_factors
+  content = [sample["content"].reshape(-1)]
+  if config.num_sprites >= 2:
+    content.append(sample["depth_order"].reshape(1))
+  return np.concatenate(content).astype(np.int32), pose_factors
+
+
+def _official_images_in(manual_dir) -> np.ndarray:
+  """Loads the official images from a manual dir, or a one-line error."""
+  path = epath.Path(manual_dir) / DSPRITES_FILE if manual_dir else None
+  if path is None or not path.exists():
+    raise FileNotFoundError(
+      f"{DSPRITES_FILE} not found in manual dir {manual_dir}; {_HOW_TO_OBTAIN} "
+      "and pass its directory as manual_dir (or the loaded images)."
+    )
+  return load_official_images(os.fspath(path))
+
+
+def render_frames(
+  config: MovingDspritesConfig,
+  content: np.ndarray,
+  pose: np.ndarray,
+  manual_dir: os.PathLike | str | None = None,
+  *,
+  images: np.ndarray | None = None,
+) -> np.ndarray:
+  """Renders single frames from their factors, exactly as video frames are.
+
+  The builder renders every video with this function, so a frame re-renders
+  from its stored content_factors and pose_factors row.
+
+  Args:
+    config: the dataset config.
+    content: int [N, Fc], columns in the order of config.content_factor_names
+      (per sprite shape, scale[, orientation], then depth_order if S >= 2).
+    pose: int [N, Fp], columns in the order of config.pose_factor_names (per
+      sprite x, y[, orientation]).
+    manual_dir: "npz" configs: directory holding the official dSprites .npz,
+      read when `images` is not given. Ignored by "renderer" configs.
+    images: "npz" configs: the official images (load_official_images), so
+      repeated calls do not reload the 3 GB file.
+
+  Returns:
+    uint8 [N, 64, 64, 3] frames with values in {0, 255}.
+
+  Raises:
+    ValueError: wrong shapes, or a factor outside factor_sizes(config).
+    FileNotFoundError: an "npz" config with neither images nor the file.
+  """
+  content_sizes, pose_sizes = factor_sizes(config)
+  content = common.check_factors("content", content, content_sizes)
+  pose = common.check_factors("pose", pose, pose_sizes)
+  if len(content) != len(pose):
+    raise ValueError(f"content has {len(content)} rows but pose has {len(pose)}.")
+  num_frames, num_sprites = len(content), config.num_sprites
+  sprite_content = content[:, : len(content_sizes) - (num_sprites > 1)].reshape(
+    num_frames, num_sprites, -1
+  )
+  sprite_pose = pose.reshape(num_frames, num_sprites, -1)
+  orientations = sprite_pose[..., 2] if config.rotating else sprite_content[..., 2]
+  factors = (
+    sprite_content[..., :2],
+    orientations,
+    sprite_pose[..., 0],
+    sprite_pose[..., 1],
+  )
+  if config.source == "npz":
+    if images is None:
+      images = _official_images_in(manual_dir)
+    frames = official_frames(images, *factors)
+  else:
+    frames = shapes.render_frames(*factors)
+  if num_sprites > 1:
+    frames = occlude(frames, depth_orders(num_sprites)[content[:, -1]])
+  return frames
 
 
 class MovingDsprites(tfds.core.GeneratorBasedBuilder):
   """Moving dSprites with (shape, scale[, orientation]) content, grid positions as pose."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": (
+      "Sprites occlude each other in a per-video depth order (each sprite is "
+      "hidden where a sprite in front of it is lit, as in the authors' "
+      "loader); the order is a last content factor, depth_order. Motion, "
+      "shapes and the content split are those of 1.0.0."
+    ),
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     f"Only the *_npz configs need a manual dir: put {DSPRITES_FILE} "
     f"(from {DSPRITES_URL}) in it."
@@ -276,16 +450,15 @@ class MovingDsprites(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     num_sprites = config.num_sprites
     contents = split_contents(config)
-    content_names = config.content_factor_names
-    pose_names = config.pose_factor_names
+    content_sizes, pose_sizes = factor_sizes(config)
     return tfds.core.DatasetInfo(
       builder=self,
       description=__doc__,
       features=common.video_features(
         seq_len=config.seq_len,
         channels=3,
-        num_content=num_sprites * len(content_names),
-        num_pose=num_sprites * len(pose_names),
+        num_content=len(content_sizes),
+        num_pose=len(pose_sizes),
         extra={
           "velocities": tfds.features.Tensor(
             shape=(config.seq_len, 2 * num_sprites), dtype=np.int32
@@ -295,16 +468,15 @@ class MovingDsprites(tfds.core.GeneratorBasedBuilder):
       ),
       homepage="https://github.com/deepmind/dsprites-dataset",
       metadata=common.factor_metadata(
-        content_names=[
-          f"sprite{s}_{n}" for s in range(num_sprites) for n in content_names
-        ],
-        content_sizes=[_FACTOR_SIZES[n] for n in content_names] * num_sprites,
-        pose_names=[f"sprite{s}_{n}" for s in range(num_sprites) for n in pose_names],
-        pose_sizes=[_FACTOR_SIZES[n] for n in pose_names] * num_sprites,
+        content_names=config.content_factor_names,
+        content_sizes=content_sizes,
+        pose_names=config.pose_factor_names,
+        pose_sizes=pose_sizes,
         content_is_partial=False,
-        content_combination_names=list(content_names),
+        content_combination_names=list(config.sprite_content_factor_names),
         train_contents=contents["train"].tolist(),
         test_contents=contents["test"].tolist(),
+        depth_orders=depth_orders(num_sprites).tolist(),
       ),
     )
 
@@ -326,17 +498,13 @@ class MovingDsprites(tfds.core.GeneratorBasedBuilder):
     num_videos = config.num_train if split == "train" else config.num_test
     for index in range(num_videos):
       sample = sample_video(config, split, index, contents)
-      factors = (
-        sample["content"][:, :2],
-        sample["orientations"],
-        sample["xs"],
-        sample["ys"],
-      )
-      if images is None:
-        video = shapes.render_frames(*factors)
-      else:
-        video = official_frames(images, *factors)
       content_factors, pose_factors = pose_and_content(config, sample)
+      video = render_frames(
+        config,
+        np.broadcast_to(content_factors, (config.seq_len, len(content_factors))),
+        pose_factors,
+        images=images,
+      )
       yield (
         index,
         {
