@@ -68,6 +68,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.scene_discriminator_hidden",
   )
   _require(
+    isinstance(config.seed, int) and 0 <= config.seed < 2**32 - 1,
+    f"config.seed={config.seed!r} must be an integer in [0, 2^32 - 1) (grain's "
+    "seed range; stage 2 uses seed + 1).",
+  )
+  _require(
     config.batch_size >= 2,
     f"config.batch_size={config.batch_size}: marginal pairs need >= 2.",
   )

@@ -384,6 +384,30 @@ def check_finite(values: dict[str, Any], step: int) -> None:
     )
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point value of `tree` is finite."""
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_state_finite(state: Any, step: int, latest: int | None) -> None:
+  """The NaN/inf guard on what is about to be saved: parameters, BatchNorm
+  statistics and optimiser state (one jitted reduction)."""
+  if not bool(
+    _all_finite((state.params, getattr(state, "batch_stats", {}), state.opt_state))
+  ):
+    kept = f"step {latest}" if latest is not None else "none yet"
+    raise FloatingPointError(
+      f"Non-finite parameters or optimiser state at step {step}: not saved. "
+      f"Training stopped; the latest checkpoint on disk ({kept}) is intact."
+    )
+
+
 def write_image_summaries(
   writer: metric_writers.MetricWriter,
   step: int,
@@ -441,6 +465,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   )
   state = checkpoints.restore_or_initialize(state, train_iter)
   initial_step = int(state.step)
+  if initial_step >= config.num_train_steps:
+    logging.warning(
+      "Nothing to do: the checkpoint in %s is at step %d and "
+      "config.num_train_steps=%d; raise num_train_steps to train further.",
+      workdir,
+      initial_step,
+      config.num_train_steps,
+    )
 
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
@@ -468,6 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       stopping = preempted(step)
       if step % config.log_every_steps == 0 or is_last or stopping:
         values = train_metrics.compute()
+        check_state_finite(state, step, checkpoints.latest_step())
         check_finite(values, step)
         writer.write_scalars(step, {f"train_{k}": v for k, v in values.items()})
         train_metrics = None
@@ -476,6 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % config.checkpoint_every_steps == 0 or is_last or stopping:
         if train_metrics is not None:
           check_finite(train_metrics.compute(), step)
+        check_state_finite(state, step, checkpoints.latest_step())
         checkpoints.save(step, state, train_iter)
       if stopping:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)

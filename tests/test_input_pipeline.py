@@ -11,7 +11,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mipae_jax import input_pipeline
-from mipae_jax.datasets import dsprites_shapes as shapes
 from mipae_jax.datasets import moving_dsprites
 
 SEQ_LEN = 10
@@ -72,7 +71,7 @@ def test_dataset_info_describes_the_dataset(dataset_config):
     "sprite0_orientation",
   )
   assert info.pose_factor_names == ("sprite0_x", "sprite0_y", "sprite1_x", "sprite1_y")
-  assert info.content_factor_sizes == (3, 6, 40, 3, 6, 40)
+  assert info.content_factor_sizes == (3, 6, 40, 3, 6, 40, 2)  # Last: depth order.
   assert info.content_is_partial is False
 
 
@@ -84,7 +83,7 @@ def test_train_iterator_yields_sharded_global_uint8_batches(dataset_config):
   batch = next(iterator)
   assert batch["video"].shape == (8, 6, 64, 64, 3)
   assert batch["video"].dtype == np.uint8
-  assert batch["content_factors"].shape == (8, 6)
+  assert batch["content_factors"].shape == (8, 7)
   assert batch["pose_factors"].shape == (8, 6, 4)
   assert batch["pose_factors"].dtype == np.int32
   for value in batch.values():
@@ -92,12 +91,11 @@ def test_train_iterator_yields_sharded_global_uint8_batches(dataset_config):
     assert {shard.data.shape[0] for shard in value.addressable_shards} == {1}
   # The frames are the first frames of the stored videos, factors included.
   video = np.asarray(batch["video"])
-  pose = np.asarray(batch["pose_factors"]).reshape(8, 6, 2, 2)
-  content = np.asarray(batch["content_factors"]).reshape(8, 2, 3)
+  pose = np.asarray(batch["pose_factors"])
+  content = np.asarray(batch["content_factors"])
   for row in range(8):
-    orientations = np.broadcast_to(content[row, :, 2], (6, 2))
-    rerendered = shapes.render_frames(
-      content[row, :, :2], orientations, pose[row, ..., 0], pose[row, ..., 1]
+    rerendered = moving_dsprites.render_frames(
+      dataset_config.builder_config, np.broadcast_to(content[row], (6, 7)), pose[row]
     )
     np.testing.assert_array_equal(rerendered, video[row])
 
@@ -200,18 +198,12 @@ def test_load_frames_returns_frames_with_their_factors(dataset_config):
   )
   assert frames["frames"].shape == (50, 64, 64, 3)
   assert frames["frames"].dtype == np.uint8
-  assert frames["content_factors"].shape == (50, 6)
+  assert frames["content_factors"].shape == (50, 7)
   assert frames["pose_factors"].shape == (50, 4)
-  content = frames["content_factors"].reshape(50, 2, 3)
-  pose = frames["pose_factors"].reshape(50, 2, 2)
-  for i in range(50):
-    rerendered = shapes.render_frames(
-      content[i, :, :2],
-      content[i, None, :, 2],
-      pose[i, None, :, 0],
-      pose[i, None, :, 1],
-    )
-    np.testing.assert_array_equal(rerendered[0], frames["frames"][i])
+  rerendered = moving_dsprites.render_frames(
+    dataset_config.builder_config, frames["content_factors"], frames["pose_factors"]
+  )
+  np.testing.assert_array_equal(rerendered, frames["frames"])
   again = input_pipeline.load_frames(
     dataset_config, split="train", num_frames=50, seed=0
   )

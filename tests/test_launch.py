@@ -628,3 +628,19 @@ def test_tpu_pod_copies_this_checkout_to_the_workers(tmp_path):
   assert {"configs/base.py", "launch/tpu_pod.sh", "mipae_jax/sweeps.py"} <= members
   assert not any(name.startswith(".git/") for name in members)
   assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "config_file, weight",
+  [
+    ("mipae_dsprites.py", "loss.mi_weight"),
+    ("drnet_dsprites.py", "loss.adversarial_weight"),
+  ],
+)
+def test_shipped_get_sweep_expands_to_seeds_times_weights(config_file, weight):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  runs = sweep_tool.load_sweep(str(root / "configs" / config_file))
+  assert len(runs) == 6
+  assert {run["seed"] for run in runs} == {0, 1}
+  assert sorted({run[weight] for run in runs}) == [1e-5, 1e-4, 1e-3]
+  assert len(set(sweeps.run_names(runs))) == 6

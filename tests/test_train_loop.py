@@ -55,7 +55,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, dsprites_data_dir, monke
 
       def __next__(self):
         Preempting.calls += 1
-        if Preempting.calls == 3:
+        # Two batches per step: call 5 is step 3's critic batch.
+        if Preempting.calls == 5:
           os.kill(os.getpid(), signal.SIGTERM)
         return next(iterator)
 
@@ -84,6 +85,26 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(
   after, step = _params(tmp_path, config)
   assert step == 2
   _assert_trees_equal(before, after)
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path, dsprites_data_dir):
+  """lr 1e39: the logged losses of the first step (from the initial
+  parameters) are finite, but the parameters it produces are not."""
+  train.train_and_evaluate(
+    tiny_config(dsprites_data_dir, num_train_steps=2), str(tmp_path)
+  )
+  checkpoints = tmp_path / "checkpoints"
+  before = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
+  config = tiny_config(
+    dsprites_data_dir, num_train_steps=3, checkpoint_every_steps=1, learning_rate=1e39
+  )
+  with pytest.raises(FloatingPointError, match="at step 3: not saved.*step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  after = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
+  assert after == before
+  params, step = _params(tmp_path, tiny_config(dsprites_data_dir))
+  assert step == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 def test_checkpoint_of_another_experiment_is_refused_before_compiling(
@@ -123,6 +144,8 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
     ("loss.recon_target", "next", "config.loss.recon_target"),
     ("model.pose_dim", 0, "config.model.pose_dim=0"),
     ("model.inference_frames_per_call", -1, "inference_frames_per_call=-1"),
+    ("seed", -1, "config.seed=-1 must be an integer in"),
+    ("loss.marginal_pairs", "shuffle", "config.loss.marginal_pairs='shuffle'"),
   ],
 )
 def test_impossible_config_values_are_named(field, value, message, tmp_path):
