@@ -39,13 +39,21 @@ flags.DEFINE_integer("batch_size", 16, "Videos per batch (two batches per step).
 flags.DEFINE_integer("log_every", 50, "Steps averaged into one row.")
 flags.DEFINE_integer("num_videos", 2000, "Training videos exported and used.")
 flags.DEFINE_integer("seed", 0, "Seed of both sides.")
-flags.DEFINE_string("builder_config", None, "TFDS builder config (default: the config's).")
+flags.DEFINE_string(
+  "builder_config", None, "TFDS builder config (default: the config's)."
+)
 flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-flags.DEFINE_string("conv_impl", None, "model.conv_impl of our side (default: the config's).")
+flags.DEFINE_string(
+  "conv_impl", None, "model.conv_impl of our side (default: the config's)."
+)
 flags.DEFINE_string("torch_python", "/work/torchvenv/bin/python", "Python with torch.")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads of the peer.")
-flags.DEFINE_string("workdir", None, "Where the npz and curves go (default: a temp dir).")
-flags.DEFINE_string("skip", None, "'ours' or 'authors' to run one side only (debugging).")
+flags.DEFINE_string(
+  "workdir", None, "Where the npz and curves go (default: a temp dir)."
+)
+flags.DEFINE_string(
+  "skip", None, "'ours' or 'authors' to run one side only (debugging)."
+)
 
 _PEER = pathlib.Path(__file__).resolve().parent / "torch_train_peer.py"
 
@@ -100,7 +108,9 @@ def train_ours(config, videos) -> list[dict]:
   networks = build_networks(config, 3)
   state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
-  batches = _Epochs(videos, FLAGS.batch_size, FLAGS.seed + 1, sharding.batch_sharding(mesh))
+  batches = _Epochs(
+    videos, FLAGS.batch_size, FLAGS.seed + 1, sharding.batch_sharding(mesh)
+  )
   base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   curve, window, start = [], None, time.time()
   for step in range(1, FLAGS.steps + 1):
@@ -147,12 +157,17 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   npz = workdir / "videos.npz"
   videos = export_videos(config, npz)
-  print(f"# exported {videos.shape} uint8 from {config.dataset.name}/"
-        f"{config.dataset.builder_config} to {npz}", flush=True)
+  print(
+    f"# exported {videos.shape} uint8 from {config.dataset.name}/"
+    f"{config.dataset.builder_config} to {npz}",
+    flush=True,
+  )
 
   ours = [] if FLAGS.skip == "ours" else train_ours(config, videos)
   (workdir / "ours.json").write_text(json.dumps(ours))
-  authors = [] if FLAGS.skip == "authors" else train_authors(npz, workdir / "authors.json")
+  authors = (
+    [] if FLAGS.skip == "authors" else train_authors(npz, workdir / "authors.json")
+  )
 
   second = "mi_estimate" if FLAGS.method == "mipae" else "adversarial_loss"
   label = "MI" if FLAGS.method == "mipae" else "adv"

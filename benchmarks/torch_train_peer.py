@@ -54,7 +54,9 @@ class Encoder(nn.Module):
         _conv_block(nf * 4, nf * 8),
       ]
     )
-    self.last = nn.Sequential(nn.Conv2d(nf * 8, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
+    self.last = nn.Sequential(
+      nn.Conv2d(nf * 8, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh()
+    )
 
   def forward(self, x):
     skips = []
@@ -138,7 +140,9 @@ def _accuracy(joint, marginal):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--videos", required=True, help=".npz with uint8 'videos' [N, T, 64, 64, 3]")
+  parser.add_argument(
+    "--videos", required=True, help=".npz with uint8 'videos' [N, T, 64, 64, 3]"
+  )
   parser.add_argument("--method", choices=["mipae", "drnet"], default="mipae")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=16)
@@ -172,7 +176,9 @@ def main():
     net.train()
   betas = (0.5, 0.999)
   opt_main = torch.optim.Adam(
-    list(content_enc.parameters()) + list(pose_enc.parameters()) + list(decoder.parameters()),
+    list(content_enc.parameters())
+    + list(pose_enc.parameters())
+    + list(decoder.parameters()),
     lr=args.lr,
     betas=betas,
   )
@@ -199,7 +205,9 @@ def main():
     else:
       disc_loss = 0.5 * F.binary_cross_entropy(
         torch.sigmoid(joint), torch.ones_like(joint)
-      ) + 0.5 * F.binary_cross_entropy(torch.sigmoid(marginal), torch.zeros_like(marginal))
+      ) + 0.5 * F.binary_cross_entropy(
+        torch.sigmoid(marginal), torch.zeros_like(marginal)
+      )
     opt_critic.zero_grad()
     disc_loss.backward()
     opt_critic.step()
@@ -227,8 +235,15 @@ def main():
     loss.backward()
     opt_main.step()
 
-    values = [loss.item(), rec.item(), sim.item(), extra.item(), disc_loss.item(), critic_acc]
-    for name, value in zip(names, values):
+    values = [
+      loss.item(),
+      rec.item(),
+      sim.item(),
+      extra.item(),
+      disc_loss.item(),
+      critic_acc,
+    ]
+    for name, value in zip(names, values, strict=True):
       window[name].append(value)
     if step % args.log_every == 0 or step == args.steps:
       row = {"step": step, **{n: float(np.mean(v)) for n, v in window.items()}}
@@ -239,7 +254,9 @@ def main():
 
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"method": args.method, "batch_size": args.batch_size, "curve": curve}, f)
+      json.dump(
+        {"method": args.method, "batch_size": args.batch_size, "curve": curve}, f
+      )
 
 
 if __name__ == "__main__":
