@@ -41,6 +41,7 @@ from mipae_jax import (
   config_validation,
   input_pipeline,
   metrics,
+  mig_frames,
   predict,
   sharding,
   train,
@@ -66,6 +67,8 @@ MIG_TAGS = {
   "H(f_c)": "H_fc",
   "H(f_p)": "H_fp",
   "MIG": "MIG",
+  "oracle_MIG": "oracle_MIG",
+  "swapped_MIG": "swapped_MIG",
 }
 _PROGRESS_EVERY_S = 30.0
 
@@ -91,6 +94,25 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   require(
     ev.num_mig_frames >= 0,
     f"config.eval.num_mig_frames={ev.num_mig_frames} must be >= 0 (0 skips MIG).",
+  )
+  require(
+    isinstance(ev.mig_folds, int)
+    and ev.mig_folds >= 1
+    and (not ev.num_mig_frames or ev.num_mig_frames // ev.mig_folds >= 16),
+    f"config.eval.mig_folds={ev.mig_folds!r} must be an integer >= 1 with at "
+    f"least 16 of the {ev.num_mig_frames} MIG frames per set.",
+  )
+  protocols = (*mig_frames.PROTOCOLS, "video_frames")
+  require(
+    ev.mig_protocol in protocols,
+    f"config.eval.mig_protocol={ev.mig_protocol!r}; expected one of {protocols}.",
+  )
+  require(
+    not ev.num_mig_frames
+    or ev.mig_protocol == "video_frames"
+    or config.dataset.name == "moving_dsprites",
+    f"config.eval.mig_protocol={ev.mig_protocol!r} renders static frames of "
+    f"moving_dsprites only; use 'video_frames' for {config.dataset.name}.",
   )
   unknown = [net for net in ev.lpips_nets if net not in LPIPS_NETS]
   require(
@@ -299,6 +321,47 @@ def encode_frames(
   return np.concatenate(content_codes), np.concatenate(pose_codes)
 
 
+def _mig_frame_sets(
+  config: ml_collections.ConfigDict,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """config.eval.mig_folds independent sets of (frames, content, pose),
+  together num_mig_frames: seeds of the protocol, for the interval."""
+  folds = config.eval.mig_folds
+  per_fold = config.eval.num_mig_frames // folds
+  if config.eval.mig_protocol == "video_frames":
+    data = input_pipeline.load_frames(
+      config.dataset, split="test", num_frames=per_fold * folds, seed=config.seed
+    )
+    columns = (data["frames"], data["content_factors"], data["pose_factors"])
+    return [
+      tuple(c[f * per_fold : (f + 1) * per_fold] for c in columns) for f in range(folds)
+    ]
+  return [
+    mig_frames.mig_frames(
+      config.dataset,
+      per_fold,
+      seed=config.seed * folds + fold,
+      protocol=config.eval.mig_protocol,
+    )
+    for fold in range(folds)
+  ]
+
+
+def mig_with_ceiling(
+  content: np.ndarray, pose: np.ndarray, z_c: np.ndarray, z_p: np.ndarray
+) -> dict[str, float]:
+  """eq. 8 and its Table I terms for (z_c, z_p), beside the protocol's
+  ceiling and floor on the same frames: oracle codes (a perfect encoder) and
+  the same codes swapped."""
+  terms = metrics.mig(content, pose, z_c, z_p)
+  oracle_c, oracle_p = mig_frames.oracle_codes(
+    content, pose, z_c.shape[1], z_p.shape[1]
+  )
+  terms["oracle_MIG"] = metrics.mig(content, pose, oracle_c, oracle_p)["MIG"]
+  terms["swapped_MIG"] = metrics.mig(content, pose, oracle_p, oracle_c)["MIG"]
+  return terms
+
+
 def evaluate_mig(
   config: ml_collections.ConfigDict,
   info: Any,
@@ -306,30 +369,35 @@ def evaluate_mig(
   main: dict[str, Any],
   mesh: jax.sharding.Mesh,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-  """Table I terms of eq. 8 on num_mig_frames single test frames, and timings."""
+  """Table I terms of eq. 8 with their ceiling, as the mean over
+  config.eval.mig_folds independent frame sets with a 95 % interval
+  ("<term>_ci95", Student's t over the sets), and timings."""
   start = time.monotonic()
-  data = input_pipeline.load_frames(
-    config.dataset,
-    split="test",
-    num_frames=config.eval.num_mig_frames,
-    seed=config.seed,
+  encode_s, per_fold, labels = 0.0, [], []
+  for frames, content, pose in _mig_frame_sets(config):
+    encode_start = time.monotonic()
+    z_c, z_p = encode_frames(networks, main, frames, config.eval.batch_size, mesh)
+    encode_s += time.monotonic() - encode_start
+    logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
+    per_fold.append(mig_with_ceiling(content, pose, z_c, z_p))
+    labels.append((len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))))
+  result: dict[str, Any] = {}
+  for term in per_fold[0]:
+    mean, half_width = metrics.mean_and_ci95([fold[term] for fold in per_fold])
+    result[term], result[f"{term}_ci95"] = mean, half_width
+  result.update(
+    protocol=config.eval.mig_protocol,
+    partial=info.content_is_partial,
+    num_frames=config.eval.num_mig_frames // config.eval.mig_folds * len(per_fold),
+    num_frame_sets=len(per_fold),
+    content_factor_names=list(info.content_factor_names),
+    pose_factor_names=list(info.pose_factor_names),
+    num_content_labels=labels[0][0],
+    num_pose_labels=labels[0][1],
   )
-  z_c, z_p = encode_frames(networks, main, data["frames"], config.eval.batch_size, mesh)
-  encoded = time.monotonic()
-  logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
-  terms = metrics.mig(data["content_factors"], data["pose_factors"], z_c, z_p)
-  result = {
-    **terms,
-    "partial": info.content_is_partial,
-    "num_frames": len(z_c),
-    "content_factor_names": list(info.content_factor_names),
-    "pose_factor_names": list(info.pose_factor_names),
-    "num_content_labels": len(np.unique(data["content_factors"], axis=0)),
-    "num_pose_labels": len(np.unique(data["pose_factors"], axis=0)),
-  }
   timing = {
-    "mig_load_and_encode_s": encoded - start,
-    "mig_estimate_s": time.monotonic() - encoded,
+    "mig_load_and_encode_s": encode_s,
+    "mig_estimate_s": time.monotonic() - start - encode_s,
   }
   return result, timing
 
@@ -386,6 +454,7 @@ def scalar_summaries(result: dict[str, Any]) -> dict[str, float]:
     group = "eval_mig_partial" if result["mig"]["partial"] else "eval_mig"
     for term, tag in MIG_TAGS.items():
       scalars[f"{group}/{tag}"] = result["mig"][term]
+      scalars[f"{group}/{tag}_ci95"] = result["mig"][f"{term}_ci95"]
   return {k: v for k, v in scalars.items() if v is not None}
 
 

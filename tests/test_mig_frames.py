@@ -78,3 +78,46 @@ def test_reference_protocol_repeats_almost_no_label(frames_and_factors):
   _, content, pose = mig_frames.mig_frames(dataset, 500, protocol="reference")
   assert len(np.unique(content, axis=0)) > 0.95 * 500
   assert len(np.unique(pose, axis=0)) > 0.95 * 500
+
+
+@pytest.mark.parametrize(
+  "codes, low, high", [("oracle", 0.9, 1.01), ("swapped", -1.01, -0.9)]
+)
+def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
+  tmp_path, monkeypatch, codes, low, high
+):
+  """evaluate_mig itself, its encoder replaced by a perfect (or swapped) one:
+  at 2 x 1,000 frames it must reach the thresholds, with a tight interval."""
+  from mipae_jax import evaluate
+
+  config = tiny_config(tmp_path, **{"eval.num_mig_frames": 2_000, "eval.mig_folds": 2})
+  table = {}
+
+  def oracle_encoder(networks, main, frames, batch_size, mesh):
+    content, pose = table[frames.tobytes()[:4096], len(frames)]
+    z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5, seed=7)
+    return (z_c, z_p) if codes == "oracle" else (z_p, z_c)
+
+  real_frames = mig_frames.mig_frames
+
+  def remembering(*args, **kwargs):
+    frames, content, pose = real_frames(*args, **kwargs)
+    table[frames.tobytes()[:4096], len(frames)] = (content, pose)
+    return frames, content, pose
+
+  monkeypatch.setattr(evaluate, "encode_frames", oracle_encoder)
+  monkeypatch.setattr(mig_frames, "mig_frames", remembering)
+  info = type(
+    "Info",
+    (),
+    {
+      "content_is_partial": False,
+      "content_factor_names": ("c",),
+      "pose_factor_names": ("p",),
+    },
+  )
+  result, _ = evaluate.evaluate_mig(config, info, None, None, None)
+  assert low <= result["MIG"] <= high
+  assert result["num_frame_sets"] == 2 and result["num_frames"] == 2_000
+  assert result["oracle_MIG"] >= 0.9 and result["swapped_MIG"] <= -0.9
+  assert result["MIG_ci95"] < 0.05
