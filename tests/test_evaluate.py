@@ -247,6 +247,7 @@ def test_comparison_marks_partial_and_missing_mig():
     },
   }
   terms = {term: 0.5 for term in evaluate.MIG_TAGS}
+  terms.update({f"{term}_ci95": 0.01 for term in evaluate.MIG_TAGS})
   partial = {**base, "mig": {**terms, "partial": True}}
   skipped = {**base, "run": "s", "mig": None}
   markdown = compare.comparison_table_markdown([partial, skipped])
@@ -257,6 +258,8 @@ def test_comparison_marks_partial_and_missing_mig():
   assert "| - | - | - | - | - | - | - | - |" in skipped_row
   scalars = evaluate.scalar_summaries(partial)
   assert "eval_mig_partial/MIG" in scalars and "eval_mig/MIG" not in scalars
+  assert scalars["eval_mig_partial/MIG_ci95"] == 0.01
+  assert "eval_mig_partial/oracle_MIG" in scalars
 
 
 def test_compare_of_an_unevaluated_workdir_says_how_to_evaluate(tmp_path):
@@ -298,6 +301,8 @@ def test_incompatible_checkpoint_is_a_checkpoint_error(evaluated, dsprites_data_
     ({"eval.lpips_nets": ("squeeze",)}, "lpips_nets has \\['squeeze'\\]"),
     ({"eval.num_future": 0}, "eval.num_future=0"),
     ({"eval.batch_size": 12}, "eval.batch_size=12 must be divisible"),
+    ({"eval.mig_protocol": "iid"}, "eval.mig_protocol='iid'; expected one of"),
+    ({"eval.mig_folds": 0}, "eval.mig_folds=0 must be an integer >= 1"),
   ],
 )
 def test_bad_eval_config_fails_before_restoring(
