@@ -7,6 +7,7 @@ model shapes) that is compared with the config before anything is restored.
 """
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -78,7 +79,9 @@ class Checkpointer:
     keep: int | None = None,
     fingerprint: dict[str, Any] | None = None,
   ):
-    self.directory = epath.Path(workdir) / subdir
+    # Orbax's tensorstore writer needs an absolute path: a relative workdir
+    # (e.g. --workdir=runs/x) otherwise fails at the first save.
+    self.directory = epath.Path(os.path.abspath(workdir)) / subdir
     self.fingerprint = fingerprint or experiment_fingerprint(config, info)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep or config.keep_checkpoints, create=True

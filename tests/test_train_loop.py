@@ -166,3 +166,12 @@ def test_wrong_frame_size_for_the_model_is_refused(tmp_path):
 
   with pytest.raises(ValueError, match="take 64x64 frames"):
     config_validation.check_dataset(tiny_config(tmp_path), Info)
+
+
+def test_a_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
+  """Orbax refuses relative paths at the first save (the long run died so)."""
+  monkeypatch.chdir(tmp_path)
+  info = type("Info", (), {"height": 64, "width": 64, "channels": 3})
+  checkpoints = checkpointing.Checkpointer("runs/x", tiny_config(tmp_path), info)
+  assert str(checkpoints.directory) == str(tmp_path / "runs" / "x" / "checkpoints")
+  checkpoints.close()
