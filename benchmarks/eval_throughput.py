@@ -2,6 +2,7 @@
 
   python benchmarks/eval_throughput.py                     # defaults below
   python benchmarks/eval_throughput.py --mig_frames=20000 --lpips_vgg_sequences=5
+  python benchmarks/eval_throughput.py --sections=mig_noise --mig_sklearn_frames=10000
 
 MIG: eq. 8 on synthetic but realistic codes of --mig_frames frames. The
 factors are dSprites-like: content = (shape 3, scale 6, orientation 40), 720
@@ -9,6 +10,13 @@ joint labels; pose = (x 32, y 32), 1024 joint labels. z_c (128-d) and z_p
 (5-d) are tanh of random linear maps of smooth factor features with 5 %
 leakage of the other group and noise of std 0.01, so the codes lie near a
 low-dimensional manifold as learned codes do.
+
+MIG on noise (--mig_noise_frames): the worst case for the k-NN searches,
+z_c (128-d) and z_p (5-d) isotropic Gaussian noise, content and pose labels
+drawn uniformly from --mig_noise_labels labels each. --mig_sklearn_frames > 0
+adds the KD-tree reference (estimator="sklearn") and the JAX estimator on that
+many frames of the same data, for comparison. MIG times include compilation
+(shapes depend on the number of frames).
 
 Frame metrics: PSNR, SSIM, LPIPS-alex and LPIPS-vgg on --sequences x --frames
 images of 64x64x3, fed --batch_sequences sequences per call as an evaluation
@@ -40,6 +48,14 @@ flags.DEFINE_integer("ssim_sequences", 1000, "Sequences actually timed for SSIM.
 flags.DEFINE_integer("lpips_alex_sequences", 100, "Sequences timed for LPIPS-alex.")
 flags.DEFINE_integer("lpips_vgg_sequences", 20, "Sequences timed for LPIPS-vgg.")
 flags.DEFINE_integer("lpips_batch_size", 150, "Images per LPIPS network call.")
+flags.DEFINE_list(
+  "sections", ["mig", "mig_noise", "frames"], "Parts to run: mig, mig_noise, frames."
+)
+flags.DEFINE_integer("mig_noise_frames", 100_000, "Frames of the MIG-on-noise case.")
+flags.DEFINE_integer("mig_noise_labels", 600, "Content (and pose) labels there.")
+flags.DEFINE_integer(
+  "mig_sklearn_frames", 0, "Frames for the sklearn-vs-JAX MIG comparison (0: none)."
+)
 
 
 def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
@@ -68,11 +84,32 @@ def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
   return content, pose, z_c.astype(np.float32), z_p.astype(np.float32)
 
 
-def time_mig(num_frames: int) -> tuple[float, dict[str, float]]:
-  content, pose, z_c, z_p = synthetic_factors_and_codes(num_frames)
+def noise_factors_and_codes(num_frames: int, num_labels: int, seed: int = 0):
+  """Uniform content / pose labels and isotropic Gaussian z_c (128-d), z_p (5-d)."""
+  rng = np.random.default_rng(seed)
+  content = rng.integers(0, num_labels, num_frames)
+  pose = rng.integers(0, num_labels, num_frames)
+  z_c = rng.normal(size=(num_frames, 128)).astype(np.float32)
+  z_p = rng.normal(size=(num_frames, 5)).astype(np.float32)
+  return content, pose, z_c, z_p
+
+
+def time_mig(num_frames: int, data=None, **kwargs) -> tuple[float, dict[str, float]]:
+  content, pose, z_c, z_p = data or synthetic_factors_and_codes(num_frames)
   start = time.perf_counter()
-  row = metrics.mig(content, pose, z_c, z_p)
+  row = metrics.mig(content, pose, z_c, z_p, **kwargs)
   return time.perf_counter() - start, row
+
+
+def mig_row(name: str, num_frames: int, seconds: float):
+  return (
+    name,
+    f"{num_frames} frames",
+    "-",
+    seconds,
+    seconds,
+    f"{num_frames / seconds:.0f} frames/s",
+  )
 
 
 def time_frame_metric(metric_fn, timed_sequences: int) -> tuple[float, float]:
@@ -100,19 +137,32 @@ def main(argv):
     f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
     f"{os.cpu_count()} CPU cores"
   )
+  print("load average (1, 5, 15 min):", os.getloadavg())
   rows = []
-  seconds, mig_row = time_mig(FLAGS.mig_frames)
-  rows.append(
-    (
-      "MIG (4 MIs + 2 entropies)",
-      f"{FLAGS.mig_frames} frames",
-      "-",
-      seconds,
-      seconds,
-      f"{FLAGS.mig_frames / seconds:.0f} frames/s",
-    )
-  )
-  print("MIG row:", {name: round(value, 4) for name, value in mig_row.items()})
+
+  def report(name, num_frames, seconds, terms):
+    rows.append(mig_row(name, num_frames, seconds))
+    rounded = {term: round(value, 5) for term, value in terms.items()}
+    print(f"{name}, {num_frames} frames, {seconds:.1f} s:", rounded, flush=True)
+
+  if "mig" in FLAGS.sections:
+    seconds, terms = time_mig(FLAGS.mig_frames)
+    report("MIG (4 MIs + 2 entropies)", FLAGS.mig_frames, seconds, terms)
+  if "mig_noise" in FLAGS.sections:
+    num_frames, labels = FLAGS.mig_noise_frames, FLAGS.mig_noise_labels
+    data = noise_factors_and_codes(num_frames, labels)
+    seconds, terms = time_mig(num_frames, data)
+    report(f"MIG, noise codes, {labels} labels (jax)", num_frames, seconds, terms)
+    if FLAGS.mig_sklearn_frames:
+      num_frames = FLAGS.mig_sklearn_frames
+      data = noise_factors_and_codes(num_frames, labels)
+      for estimator in ("jax", "sklearn"):
+        seconds, terms = time_mig(num_frames, data, estimator=estimator)
+        name = f"MIG, noise codes, {labels} labels ({estimator})"
+        report(name, num_frames, seconds, terms)
+  if "frames" not in FLAGS.sections:
+    print_table(rows)
+    return
 
   lpips_batch = FLAGS.lpips_batch_size
   frame_metrics = [
@@ -146,6 +196,10 @@ def main(argv):
       )
     )
 
+  print_table(rows)
+
+
+def print_table(rows) -> None:
   print()
   print(
     "| metric | timed on | first call (s) | timed (s) | full size (s)* | throughput |"
@@ -156,9 +210,9 @@ def main(argv):
       f"| {name} | {label} | {first_call} | {seconds:.1f} | {full:.1f} | {throughput} |"
     )
   print(
-    f"\n* full size: MIG on {FLAGS.mig_frames} frames; frame metrics on "
-    f"{FLAGS.sequences} sequences x {FLAGS.frames} frames, extrapolated "
-    "linearly from the timed sequences where fewer were timed."
+    "\n* full size: MIG rows on the frames they name (compilation included); "
+    f"frame metrics on {FLAGS.sequences} sequences x {FLAGS.frames} frames, "
+    "extrapolated linearly from the timed sequences where fewer were timed."
   )
 
 

@@ -138,22 +138,28 @@ def _labelled_1d_features(
   return labels, features
 
 
-def test_mutual_information_equals_scikit_learn_on_1d_features():
+@pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
+@pytest.mark.parametrize("estimator", ["jax", "sklearn"])
+def test_mutual_information_equals_scikit_learn_on_1d_features(metric, estimator):
   # scikit-learn rescales the feature (MI is invariant to it) and adds noise of
   # relative size 1e-10, which cannot reorder continuous, tie-free distances.
+  # In 1-D both metrics are |x - y|.
   labels, features = _labelled_1d_features(np.random.default_rng(5), 600)
   expected = mutual_info_classif(
     features[:, None], labels, discrete_features=False, n_neighbors=3, random_state=0
   )[0]
   assert expected > 0.1
-  assert metrics.mutual_information(labels, features, k=3) == pytest.approx(
-    expected, abs=1e-12
+  value = metrics.mutual_information(
+    labels, features, k=3, metric=metric, estimator=estimator
   )
+  assert value == pytest.approx(expected, abs=1e-12)
 
 
 def test_mutual_information_equals_scikit_learn_on_tied_features_given_its_noise():
   # With ties the noise matters: add exactly what scikit-learn adds (unit-std
   # scaling, then 1e-10 * max(1, mean |x|) * N(0, 1) from RandomState(seed)).
+  # Noise 1e-10 apart at distances ~0.1 is below float32 resolution, so this
+  # takes the float64 reference; the float32 JAX estimator comes close.
   labels, features = _labelled_1d_features(np.random.default_rng(6), 600)
   tied = np.round(features, 1)
   expected = mutual_info_classif(
@@ -162,9 +168,99 @@ def test_mutual_information_equals_scikit_learn_on_tied_features_given_its_noise
   scaled = tied / np.std(tied)
   noise = np.random.RandomState(7).standard_normal(size=(tied.size, 1))[:, 0]
   perturbed = scaled + 1e-10 * max(1.0, np.mean(np.abs(scaled))) * noise
+  reference = metrics.mutual_information(labels, perturbed, k=3, estimator="sklearn")
+  assert reference == pytest.approx(expected, abs=1e-12)
   assert metrics.mutual_information(labels, perturbed, k=3) == pytest.approx(
-    expected, abs=1e-12
+    expected, abs=0.02
   )
+
+
+def _labelled_codes(
+  rng: np.random.Generator, n: int, num_labels: int, dims: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Labels (two points of a label of their own, one singleton) and codes that
+  depend on them, continuous (no ties)."""
+  labels = rng.integers(0, num_labels, n)
+  labels[:3] = [num_labels, num_labels, num_labels + 1]
+  directions = rng.normal(size=(num_labels + 2, dims))
+  return labels, 0.7 * directions[labels] + rng.normal(size=(n, dims))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_jax_estimator_equals_the_kd_tree_reference(metric, k):
+  rng = np.random.default_rng(20)
+  for dims, num_labels, n in ((1, 3, 300), (4, 40, 500), (12, 7, 400)):
+    labels, codes = _labelled_codes(rng, n, num_labels, dims)
+    for values in (codes, codes.astype(np.float32)):
+      expected = metrics._knn_mutual_information_reference(
+        labels, values.astype(np.float64), k, metric
+      )
+      assert expected > 0.05
+      value = metrics.mutual_information(labels, values, k=k, metric=metric)
+      assert value == pytest.approx(expected, abs=1e-12), (dims, num_labels)
+
+
+@pytest.mark.parametrize("route", [1, 2, 3])
+def test_each_count_route_equals_the_reference_where_it_applies(route):
+  # Continuous codes of spread comparable to their offset: every route's error
+  # bound holds, so each alone gives the reference's counts.
+  rng = np.random.default_rng(21)
+  labels, codes = _labelled_codes(rng, 400, 9, 6)
+  other_labels = rng.integers(0, 30, 400)
+  expected = [
+    metrics._knn_mutual_information_reference(labeling, codes, 3)
+    for labeling in (labels, other_labels)
+  ]
+  values = metrics._knn_statistics(
+    [labels, other_labels], codes, 3, "euclidean", route=route
+  )
+  np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+
+
+def _oracle_codes(rng, content, pose, noise):
+  """Injective embeddings of each factor group plus small noise (as a perfect
+  encoder's): within-label distances ~noise, norms ~10."""
+  z_c = _factor_embedding(rng, content, 16, noise)
+  z_p = _factor_embedding(rng, pose, 5, noise)
+  return z_c.astype(np.float32), z_p.astype(np.float32)
+
+
+def test_jax_estimator_keeps_tiny_radii_exact_on_oracle_codes():
+  # Every (content, pose) pair occurs more than k times, so all radii, the
+  # cross terms' too, are ~1e-3: within a cluster, next to norms ~10. (A
+  # radius reaching into another tight cluster, 1e-3 wide at distance ~15,
+  # would tie below float32 resolution, which no float32 route can order.)
+  rng = np.random.default_rng(22)
+  content, pose = rng.integers(0, 4, 600), rng.integers(0, 5, 600)
+  assert np.bincount(5 * content + pose).min() > 3
+  z_c, z_p = _oracle_codes(rng, content, pose, 1e-3)
+  expected = metrics.mig(content, pose, z_c, z_p, estimator="sklearn")
+  row = metrics.mig(content, pose, z_c, z_p)
+  for term, value in expected.items():
+    assert row[term] == pytest.approx(value, abs=1e-12), term
+  assert row["MIG"] > 0.9
+  # |a|^2 + |b|^2 - 2 a.b alone cannot see radii ~1e-3 next to norms ~10: the
+  # routes above matter.
+  naive = metrics._knn_statistics(
+    [content], z_c.astype(np.float64), 3, "euclidean", route=1
+  )[0]
+  assert not naive == pytest.approx(expected["I(f_c,z_c)"], abs=1e-3)
+
+
+def test_jax_estimator_counts_exact_duplicates_as_the_reference():
+  # Duplicated codes (identical frames) lie at one distance: zero radii, and
+  # several points exactly on a radius, some sharing no label.
+  rng = np.random.default_rng(23)
+  labels, codes = _labelled_codes(rng, 300, 6, 3)
+  copies = rng.integers(0, 300, 150)
+  strays = rng.integers(0, 300, 30)
+  labels = np.concatenate([labels, labels[copies], rng.integers(0, 6, 30)])
+  codes = np.concatenate([codes, codes[copies], codes[strays]])
+  for metric in ("euclidean", "chebyshev"):
+    expected = metrics._knn_mutual_information_reference(labels, codes, 3, metric)
+    value = metrics.mutual_information(labels, codes, metric=metric)
+    assert value == pytest.approx(expected, abs=1e-12), metric
 
 
 def _gaussian_mixture_mutual_information(mu: float) -> float:
@@ -282,6 +378,14 @@ def test_mig_is_near_one_for_a_disentangled_representation():
   assert row["MIG"] > 0.95
 
 
+def test_mig_jax_estimator_equals_the_reference():
+  content, pose, z_c, z_p = _synthetic_factors_and_codes(2000)
+  expected = metrics.mig(content, pose, z_c, z_p, estimator="sklearn")
+  row = metrics.mig(content, pose, z_c, z_p)
+  for term, value in expected.items():
+    assert row[term] == pytest.approx(value, abs=1e-12), term
+
+
 def test_mig_is_negative_when_codes_are_swapped():
   content, pose, z_c, z_p = _synthetic_factors_and_codes()
   row = metrics.mig(content, pose, z_p, z_c)
@@ -304,6 +408,12 @@ def test_mig_rejects_bad_input():
     metrics.mutual_information(pose[:-1], z_p)
   with pytest.raises(ValueError, match="occurs once"):
     metrics.mutual_information(np.arange(10), np.arange(10.0))
+  with pytest.raises(ValueError, match="occurs once"):
+    metrics.mutual_information(np.arange(10), np.arange(10.0), estimator="sklearn")
+  with pytest.raises(ValueError, match="metric"):
+    metrics.mig(content, pose, z_c, z_p, metric="cosine")
+  with pytest.raises(ValueError, match="estimator"):
+    metrics.mutual_information(pose, z_p, estimator="faiss")
 
 
 def test_mean_and_ci95_matches_student_t_interval():
