@@ -477,6 +477,16 @@ def _own_neighbour(values, inside, weights, neighbours, first):
   return jnp.where(present & inside(value), weight, 0.0).astype(jnp.int32)
 
 
+def _matmul_chunk_counts(values, limits, weights, neighbours, first):
+  """Counts [L, B] of one chunk of matmul distances `values` [B, C] below
+  `limits` [L, B], each row's k-th neighbour left out (routes 1 and 2)."""
+  inside = values[None] < limits[:, :, None]
+  excluded = _own_neighbour(
+    values, lambda value: value < limits, weights, neighbours, first
+  )
+  return _count(inside, weights) - excluded
+
+
 @jax.jit
 def _counts_by_matmul(codes, norms, weights, rows, thresholds, neighbours):
   """Route 1: counts [G, L, B] for query rows [G, B] on globally centred codes.
@@ -498,11 +508,9 @@ def _counts_by_matmul(codes, norms, weights, rows, thresholds, neighbours):
     def one_chunk(index, counts):
       products = jnp.dot(scaled, codes[index].T, precision=_HIGHEST)
       values = jax.lax.optimization_barrier(products + norms[index][None, :])
-      inside = values[None] < limits[:, :, None]
-      excluded = _own_neighbour(
-        values, lambda value: value < limits, weights[index], own, index * chunk
+      return counts + _matmul_chunk_counts(
+        values, limits, weights[index], own, index * chunk
       )
-      return counts + _count(inside, weights[index]) - excluded
 
     return jax.lax.fori_loop(
       0, num_chunks, one_chunk, jnp.zeros(limits.shape, jnp.int32)
@@ -541,11 +549,9 @@ def _counts_by_centred_matmul(hi, lo, weights, rows, centres, radii, neighbours)
       norms = jnp.dot(candidates * candidates, ones, precision=_HIGHEST)
       products = jnp.dot(scaled, candidates.T, precision=_HIGHEST)
       values = jax.lax.optimization_barrier(products + norms[None, :])
-      inside = values[None] < limits[:, :, None]
-      excluded = _own_neighbour(
-        values, lambda value: value < limits, weights[index], own, index * chunk
+      return counts + _matmul_chunk_counts(
+        values, limits, weights[index], own, index * chunk
       )
-      return counts + _count(inside, weights[index]) - excluded
 
     return jax.lax.fori_loop(
       0, num_chunks, one_chunk, jnp.zeros(limits.shape, jnp.int32)
