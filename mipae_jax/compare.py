@@ -2,9 +2,11 @@
 
 Each run is a workdir evaluated by `evaluate.evaluate` (DIR/eval/metrics.json).
 The table has one row per run, as Table I of the paper: method, run, dataset,
-steps, the four mutual informations, both entropies and MIG (eq. 8), then
-PSNR / SSIM / LPIPS (mean +- 95 % CI) at predicted frames 1, 10 and 30 where
-the runs have them (Fig. 5). MIG on Moving MNIST uses only the digit labels
+steps, the four mutual informations, both entropies and MIG (eq. 8), each
+"mean ± 95 % CI" over the MIG frame sets, beside the protocol's ceiling and
+floor on the same frames (oracle and swapped codes), then PSNR / SSIM / LPIPS
+(mean ± 95 % CI) at predicted frames 1, 10 and 30 where the runs have them
+(Fig. 5). MIG on Moving MNIST uses only the digit labels
 as content factors and is marked "partial". Command line:
 
   python -m mipae_jax.evaluate --compare DIR1 DIR2 ... [--output OUT]
@@ -42,8 +44,18 @@ def load_metrics(workdir: str | os.PathLike) -> dict[str, Any]:
   return json.loads(path.read_text())
 
 
-def _number(value: float | None, digits: int) -> str:
-  return _MISSING if value is None else f"{value:.{digits}f}"
+def number(value: float | None, digits: int, ci95: float | None = None) -> str:
+  """`value` to `digits` decimals, "value ± ci95" when it has an interval."""
+  if value is None:
+    return _MISSING
+  if ci95 is None:
+    return f"{value:.{digits}f}"
+  return f"{value:.{digits}f} ± {ci95:.{digits}f}"
+
+
+def mig_cell(mig: dict[str, Any], term: str, digits: int = 4) -> str:
+  """One MIG term of an evaluation's "mig" entry, with its interval."""
+  return number(mig.get(term), digits, mig.get(f"{term}_ci95"))
 
 
 def _frame_value(run_metrics: dict[str, Any], name: str, frame: int) -> str:
@@ -53,10 +65,7 @@ def _frame_value(run_metrics: dict[str, Any], name: str, frame: int) -> str:
     return _MISSING
   digits = FRAME_METRICS[name][1]
   index = frame_metrics["frames"].index(frame)
-  mean, half_width = curve["mean"][index], curve["ci95"][index]
-  if half_width is None:
-    return _number(mean, digits)
-  return f"{_number(mean, digits)} ± {half_width:.{digits}f}"
+  return number(curve["mean"][index], digits, curve["ci95"][index])
 
 
 def comparison_table(
@@ -81,6 +90,8 @@ def comparison_table(
     "LSTM step",
     *MIG_TERMS,
     "MIG",
+    "Oracle MIG",
+    "Swapped MIG",
     "MIG factors",
     *(f"{FRAME_METRICS[n][0]} @{f}" for n in names for f in frames),
   ]
@@ -88,7 +99,7 @@ def comparison_table(
   for m in metrics_list:
     mig = m["mig"] or {}
     partial = mig.get("partial")
-    mig_value = _number(mig.get("MIG"), 4)
+    mig_value = mig_cell(mig, "MIG")
     if partial:
       mig_value += " (partial)"
     factors = _MISSING if partial is None else "partial" if partial else "full"
@@ -99,8 +110,10 @@ def comparison_table(
         f"{m['dataset']}/{m['builder_config']}",
         str(m["main_step"]),
         str(m["lstm_step"]),
-        *(_number(mig.get(term), 4) for term in MIG_TERMS),
+        *(mig_cell(mig, term) for term in MIG_TERMS),
         mig_value,
+        mig_cell(mig, "oracle_MIG"),
+        mig_cell(mig, "swapped_MIG"),
         factors,
         *(_frame_value(m, n, f) for n in names for f in frames),
       ]

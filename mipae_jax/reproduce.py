@@ -567,10 +567,6 @@ def _settings_section(
   return "\n".join(parts)
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-  return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _table_i_section(dataset: str, metrics: dict[str, dict[str, Any]]) -> str:
   paper = PAPER_TABLE_I.get(dataset, {})
   rows = []
@@ -579,23 +575,27 @@ def _table_i_section(dataset: str, metrics: dict[str, dict[str, Any]]) -> str:
       rows.append(
         [
           f"{method.upper()} (paper)",
-          *(_number(paper[method][t]) for t in TABLE_I_TERMS),
+          *(compare.number(paper[method][t], 4) for t in TABLE_I_TERMS),
+          "-",
         ]
       )
     if method in metrics:
       mig = metrics[method]["mig"] or {}
       label = f"{method.upper()} (this run, step {metrics[method]['main_step']})"
-      values = [_number(mig.get(t)) for t in TABLE_I_TERMS]
+      values = [compare.mig_cell(mig, t) for t in TABLE_I_TERMS]
       if mig.get("partial"):
         values[-1] += " (partial)"
-      rows.append([label, *values])
+      rows.append([label, *values, compare.mig_cell(mig, "oracle_MIG")])
   parts = [
     "## Table I: disentanglement (MIG, eq. 8)",
     "",
-    _markdown_table(["Experiment", *TABLE_I_TERMS], rows),
+    _markdown_table(["Experiment", *TABLE_I_TERMS, "Oracle MIG"], rows),
     "",
     "Higher is better for I(f_c,z_c), I(f_p,z_p) and MIG; lower for the "
-    "leakage terms I(f_c,z_p) and I(f_p,z_c). Mutual informations in nats.",
+    "leakage terms I(f_c,z_p) and I(f_p,z_c). Mutual informations in nats, "
+    "each the mean ± 95 % interval over the MIG frame sets. Oracle MIG is the "
+    "ceiling of the protocol: a perfect encoder's codes scored on the same "
+    "frames; a model's MIG is read against it.",
   ]
   if paper:
     num_frames = {m["mig"]["num_frames"] for m in metrics.values() if m["mig"]}
@@ -736,6 +736,18 @@ def _which(
   )
 
 
+def _intervals(
+  a: float, a_ci: float | None, b: float, b_ci: float | None
+) -> tuple[bool | None, str]:
+  """(whether the 95 % intervals are disjoint, the sentence saying so);
+  (None, "") when either number has no interval."""
+  if a_ci is None or b_ci is None:
+    return None, ""
+  if abs(a - b) > a_ci + b_ci:
+    return True, " The 95 % intervals do not overlap."
+  return False, " The 95 % intervals overlap: the difference is within noise."
+
+
 def _frame_value(run_metrics: dict[str, Any], name: str, frame: int):
   curves = run_metrics["frame_metrics"]
   index = curves["frames"].index(frame)
@@ -747,7 +759,7 @@ def _summary(wins: dict[str, tuple[str | None, bool | None]]) -> str:
   """One sentence: who leads on the headline numbers, and beyond noise or not.
 
   `wins` maps a headline number to (winner, clear): clear is whether the 95 %
-  intervals are disjoint, None where the number has no interval (MIG).
+  intervals are disjoint, None where the number has no interval.
   """
 
   mipae = [key for key, (winner, _) in wins.items() if winner == "MIPAE"]
@@ -803,8 +815,15 @@ def comparison_sentences(dataset: str, metrics: dict[str, dict[str, Any]]) -> li
         drnet["mig"][term],
         HIGHER_IS_BETTER[term],
       )
+      clear, note = _intervals(
+        mipae["mig"][term],
+        mipae["mig"].get(f"{term}_ci95"),
+        drnet["mig"][term],
+        drnet["mig"].get(f"{term}_ci95"),
+      )
+      sentence += note
       if term == "MIG":
-        wins["MIG"] = (winner, None)  # no interval for MIG
+        wins["MIG"] = (winner, clear)
         if paper:
           paper_winner = (
             "MIPAE" if paper["mipae"]["MIG"] > paper["drnet"]["MIG"] else "DRNET"
@@ -829,14 +848,8 @@ def comparison_sentences(dataset: str, metrics: dict[str, dict[str, Any]]) -> li
       sentence, winner = _which(
         f"{label} at frame {frame}", a, b, HIGHER_IS_BETTER[name]
       )
-      clear = None
-      if a_ci is not None and b_ci is not None:
-        clear = abs(a - b) > a_ci + b_ci
-        sentence += (
-          " The 95 % intervals do not overlap."
-          if clear
-          else " The 95 % intervals overlap: the difference is within noise."
-        )
+      clear, note = _intervals(a, a_ci, b, b_ci)
+      sentence += note
       if frame == horizon:
         wins[f"{label} at frame {frame}"] = (winner, clear)
       sentences.append(sentence)

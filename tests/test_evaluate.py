@@ -253,7 +253,11 @@ def test_comparison_marks_partial_and_missing_mig():
   markdown = compare.comparison_table_markdown([partial, skipped])
   header, _, partial_row, skipped_row = markdown.splitlines()
   assert "PSNR @10" in header and "PSNR @30" in header
-  assert "| 0.5000 (partial) | partial |" in partial_row
+  assert (
+    "| 0.5000 ± 0.0100 (partial) | 0.5000 ± 0.0100 | 0.5000 ± 0.0100 | partial |"
+    in partial_row
+  )
+  assert "| Oracle MIG | Swapped MIG |" in header
   assert "| 20.00 | 20.00 | 20.00 |" in partial_row
   assert "| - | - | - | - | - | - | - | - |" in skipped_row
   scalars = evaluate.scalar_summaries(partial)

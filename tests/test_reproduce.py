@@ -65,9 +65,13 @@ def test_report_table_i_holds_each_methods_measured_mig(reproduced):
     mig = _metrics(workdir, method)["mig"]
     row = rows[f"{method.upper()} (this run, step 4)"]
     for column, term in enumerate(reproduce.TABLE_I_TERMS, start=1):
-      assert float(row[column]) == pytest.approx(mig[term], abs=6e-5)
+      mean, ci95 = row[column].split(" ± ")
+      assert float(mean) == pytest.approx(mig[term], abs=6e-5)
+      assert float(ci95) == pytest.approx(mig[f"{term}_ci95"], abs=6e-5)
+    assert float(row[-1].split(" ± ")[0]) == pytest.approx(mig["oracle_MIG"], abs=6e-5)
     paper = rows[f"{method.upper()} (paper)"]
-    assert float(paper[-1]) == reproduce.PAPER_TABLE_I["moving_dsprites"][method]["MIG"]
+    assert float(paper[-2]) == reproduce.PAPER_TABLE_I["moving_dsprites"][method]["MIG"]
+    assert paper[-1] == "-"
 
 
 def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduced):
@@ -204,6 +208,23 @@ def test_comparison_sentences_follow_the_numbers():
   assert "MIPAE leads on 2 of 2" in close[-1]
   assert "Within the 95 % intervals (noise): LPIPS-alex at frame 2" in close[-1]
   assert "consistent with the paper's claim, not evidence" in close[-1]
+
+  # MIG with its interval: a lead within it is noise, one beyond it is clear.
+  def with_ci(mig, ci95):
+    result = run(mig, 0.1 if mig > 0.85 else 0.3)
+    result["mig"] |= {f"{term}_ci95": ci95 for term in reproduce.TABLE_I_TERMS}
+    return result
+
+  noisy = reproduce.comparison_sentences(
+    "moving_dsprites", {"mipae": with_ci(0.9, 0.06), "drnet": with_ci(0.8, 0.06)}
+  )
+  assert "intervals overlap" in next(s for s in noisy if s.startswith("MIG:"))
+  assert "Within the 95 % intervals (noise): MIG" in noisy[-1]
+  clear = reproduce.comparison_sentences(
+    "moving_dsprites", {"mipae": with_ci(0.9, 0.01), "drnet": with_ci(0.8, 0.01)}
+  )
+  assert "do not overlap" in next(s for s in clear if s.startswith("MIG:"))
+  assert "matches the paper's claim" in clear[-1]
 
 
 def test_reduced_scale_keeps_architecture_loss_and_data():
