@@ -4,6 +4,7 @@
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=train_lstm
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
+python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=curves
 """
 
 import jax
@@ -20,8 +21,12 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and output
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["prepare", "train", "train_lstm", "eval"],
-  "prepare: build the dataset; train: main network; train_lstm: stage 2; eval.",
+  ["prepare", "train", "train_lstm", "eval", "curves"],
+  "prepare: build the dataset; train: main network; train_lstm: stage 2; eval; "
+  "curves: score every checkpoint of the main network and plot learning curves.",
+)
+flags.DEFINE_list(
+  "plot_with", [], "curves: other scored workdirs drawn on the same plot."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -52,6 +57,13 @@ def main(argv: list[str]) -> None:
     from mipae_jax import train_lstm
 
     train_lstm.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == "curves":
+    from mipae_jax import learning_curves
+
+    logging.info(
+      "Learning curves: %s",
+      learning_curves.learning_curves(config, FLAGS.workdir, FLAGS.plot_with),
+    )
   else:
     from mipae_jax import evaluate
 
