@@ -7,7 +7,8 @@ Each checkpoint gets:
 - the reconstruction error D(E_c(x^0), E_p(x^t)) vs x^t on test videos, per
   colour channel, beside the error of an all-black frame on the same videos
   (a decoder that draws nothing in a channel scores that floor there: on
-  Moving dSprites the green channel tells when the second sprite appears);
+  Moving dSprites, whose sprites are red and green, the channel still at
+  the floor tells which sprite is not drawn yet);
 - its swap grid (content rows x pose columns) as a PNG.
 
   python -m mipae_jax.main --mode=curves --config=configs/mipae_dsprites.py:long_cpu \
@@ -184,11 +185,12 @@ def _scores(workdir: str) -> list[dict[str, Any]]:
 
 def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
   """One figure over runs: MIG with its interval and ceiling, test
-  reconstruction (all channels, and green against the all-black floor),
-  and the training scalars."""
+  reconstruction (all channels, then red and green each as a fraction of
+  the all-black error: near 1, the decoder does not draw that sprite), and
+  the training scalars."""
   figure = matplotlib.figure.Figure(figsize=(15, 3.6), layout="constrained")
   backend_agg.FigureCanvasAgg(figure)
-  mig_axis, recon_axis, green_axis, train_axis, critic_axis = figure.subplots(1, 5)
+  mig_axis, recon_axis, channel_axis, train_axis, critic_axis = figure.subplots(1, 5)
   for workdir in workdirs:
     rows = _scores(workdir)
     label = (
@@ -203,11 +205,12 @@ def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
       steps, [r["oracle_MIG"] for r in rows], ls="--", color=line.get_color()
     )
     recon_axis.plot(steps, [r["recon_mse"] for r in rows], marker=".", label=label)
-    if "recon_mse_g" in rows[0]:
-      green_axis.plot(steps, [r["recon_mse_g"] for r in rows], marker=".", label=label)
-      green_axis.plot(
-        steps, [r["black_mse_g"] for r in rows], ls="--", color="k", label="all black"
-      )
+    for channel, style in (("r", ":v"), ("g", "-^")):
+      if f"recon_mse_{channel}" in rows[0]:
+        ratio = [r[f"recon_mse_{channel}"] / r[f"black_mse_{channel}"] for r in rows]
+        channel_axis.plot(
+          steps, ratio, style, color=line.get_color(), label=f"{label}: {channel}"
+        )
     scalars = train_scalars(workdir)
     if "train_recon_loss" in scalars:
       train_axis.plot(*scalars["train_recon_loss"], label=label)
@@ -217,7 +220,7 @@ def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
   for axis, title in (
     (mig_axis, "test MIG (dashed: oracle ceiling)"),
     (recon_axis, "test reconstruction MSE"),
-    (green_axis, "test green-channel MSE"),
+    (channel_axis, "test MSE per channel / all-black MSE"),
     (train_axis, "train reconstruction loss"),
     (critic_axis, "train critic / discriminator accuracy"),
   ):
