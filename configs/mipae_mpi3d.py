@@ -23,9 +23,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.skip_connections = True
   # 600 steps x 200 epochs in the reference.
   config.num_train_steps = 120_000
-  # MIG on test-video frames: static MPI3D frames are not rendered yet, so
-  # this protocol is not calibrated (docs/results.md).
-  config.eval.mig_protocol = "video_frames"
   if arg == "smoke":
     base.apply_smoke(config)
   elif arg is not None:

@@ -110,9 +110,9 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   require(
     not ev.num_mig_frames
     or ev.mig_protocol == "video_frames"
-    or config.dataset.name == "moving_dsprites",
+    or config.dataset.name in mig_frames.DATASETS,
     f"config.eval.mig_protocol={ev.mig_protocol!r} renders static frames of "
-    f"moving_dsprites only; use 'video_frames' for {config.dataset.name}.",
+    f"{mig_frames.DATASETS} only; use 'video_frames' for {config.dataset.name}.",
   )
   unknown = [net for net in ev.lpips_nets if net not in LPIPS_NETS]
   require(

@@ -3,23 +3,34 @@ whose MIG is known, to calibrate the protocol.
 
 The calibrated protocol draws a support of L = ceil(2 sqrt(N)) distinct
 content rows and L distinct pose rows, then N distinct (content, pose) pairs
-of the L x L grid without replacement. Every joint label then repeats about
-N / L = sqrt(N) / 2 times (the k-NN estimator needs repeats), no two frames
-are the same, and content and pose are independent up to the
-without-replacement draw. H(f_c) = H(f_p) = log L.
+of the L_c x L_p grid without replacement; a pair whose frame repeats an
+earlier one (dSprites' depth order is invisible where the sprites do not
+overlap) is replaced by an unused pair of the grid. Every joint label then
+repeats about N / L = sqrt(N) / 2 times (the k-NN estimator needs repeats),
+no two frames are the same, and content and pose are independent up to the
+without-replacement draw. H(f_c) = log L_c, H(f_p) = log L_p.
+
+When a group has fewer than L distinct rows (Moving MPI3D's 216 test
+contents at 20,000 frames per set, rotating dSprites' 72 test content rows),
+its support is all of them and the other group's grows to ceil(N / L_c) if
+needed, so that the grid still holds N pairs (calibrated_supports); a
+num_frames above the number of distinct frames is an error.
 
 The authors' protocol draws every factor i.i.d. over its full range. With
 two sprites nearly every joint label is then unique, so its k-NN terms
-measure duplicates rather than codes; it is kept only for comparison.
+measure duplicates rather than codes; on MPI3D labels repeat but frames
+repeat too. It is kept only for comparison.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import numpy as np
+from etils import epath
 
 from mipae_jax import input_pipeline
-from mipae_jax.datasets import moving_dsprites
+from mipae_jax.datasets import moving_dsprites, moving_mpi3d
 
 # The authors' protocol ("reference") or the calibrated one (module docstring).
 PROTOCOLS = ("calibrated", "reference")
@@ -39,38 +50,141 @@ def _distinct_rows(
   raise ValueError(f"The factor space has fewer than {count} distinct rows.")
 
 
-def calibrated_factors(
-  rng: np.random.Generator,
-  num_frames: int,
-  draw_content: Callable[[int], np.ndarray],
-  draw_pose: Callable[[int], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-  """(content [N, Fc], pose [N, Fp]) of the calibrated protocol."""
+def calibrated_supports(
+  num_frames: int, num_contents: float = math.inf, num_poses: float = math.inf
+) -> tuple[int, int]:
+  """(L_c, L_p): ceil(2 sqrt(N)) each, capped at the group's distinct rows
+  (num_contents, num_poses); a capped group's partner grows to hold N pairs.
+
+  Raises:
+    ValueError: num_frames exceeds num_contents * num_poses distinct frames.
+  """
+  if num_frames > num_contents * num_poses:
+    raise ValueError(
+      f"num_frames={num_frames} exceeds the {num_contents} x {num_poses} = "
+      f"{num_contents * num_poses} distinct (content, pose) frames of the split."
+    )
   support = math.ceil(2 * math.sqrt(num_frames))
-  contents = _distinct_rows(support, draw_content)
-  poses = _distinct_rows(support, draw_pose)
-  pairs = rng.choice(support * support, size=num_frames, replace=False)
-  return contents[pairs // support], poses[pairs % support]
+  num_c, num_p = min(support, num_contents), min(support, num_poses)
+  num_c = min(num_contents, max(num_c, math.ceil(num_frames / num_p)))
+  num_p = min(num_poses, max(num_p, math.ceil(num_frames / num_c)))
+  return int(num_c), int(num_p)
 
 
-def _dsprites_draws(config, rng: np.random.Generator, split: str):
-  """i.i.d. content rows (each sprite's block from `split`'s contents, any
-  depth order) and pose rows (every column uniform) of a dSprites config."""
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """i.i.d. factor rows of one split, how many distinct rows each group has,
+  and the renderer of the dataset's videos."""
+
+  draw_content: Callable[[int], np.ndarray]
+  draw_pose: Callable[[int], np.ndarray]
+  num_contents: int
+  num_poses: int
+  render: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _first_of_each_frame(frames: np.ndarray) -> np.ndarray:
+  """bool [N]: frame i is the first with its pixels."""
+  rows = np.ascontiguousarray(frames.reshape(len(frames), -1))
+  _, first = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))), return_index=True)
+  keep = np.zeros(len(frames), bool)
+  keep[first] = True
+  return keep
+
+
+def _calibrated_frames(
+  rng: np.random.Generator, num_frames: int, source: _Source
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(frames, content, pose) of the calibrated protocol (module docstring).
+
+  Distinct factor pairs can still look the same (dSprites' depth order when
+  the sprites do not overlap): each repeated frame is replaced by an unused
+  pair of the grid until all N differ.
+
+  Raises:
+    ValueError: the grid has fewer than N distinct frames.
+  """
+  num_c, num_p = calibrated_supports(num_frames, source.num_contents, source.num_poses)
+  contents = _distinct_rows(num_c, source.draw_content)
+  poses = _distinct_rows(num_p, source.draw_pose)
+  pairs = rng.choice(num_c * num_p, size=num_frames, replace=False)
+  frames = source.render(contents[pairs // num_p], poses[pairs % num_p])
+  spare = rng.permutation(np.setdiff1d(np.arange(num_c * num_p), pairs))
+  while not (keep := _first_of_each_frame(frames)).all():
+    repeated = np.flatnonzero(~keep)
+    if len(repeated) > len(spare):
+      raise ValueError(
+        f"The {num_c} x {num_p} calibrated grid has fewer than {num_frames} "
+        "distinct frames; lower num_frames."
+      )
+    pairs[repeated], spare = spare[: len(repeated)], spare[len(repeated) :]
+    new = pairs[repeated]
+    frames[repeated] = source.render(contents[new // num_p], poses[new % num_p])
+  return frames, contents[pairs // num_p], poses[pairs % num_p]
+
+
+def _uniform_columns(rng: np.random.Generator, sizes) -> Callable[[int], np.ndarray]:
+  return lambda n: np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+
+
+def _dsprites_source(dataset_config, config, rng, split: str) -> _Source:
+  """Content rows: each sprite's block from `split`'s contents, any depth
+  order; pose rows: every column uniform."""
   allowed = moving_dsprites.split_contents(config)[split]
   content_sizes, pose_sizes = moving_dsprites.factor_sizes(config)
+  num_orders = content_sizes[-1] if config.num_sprites >= 2 else 1
 
   def draw_content(n: int) -> np.ndarray:
     blocks = [
       allowed[rng.integers(0, len(allowed), n)] for _ in range(config.num_sprites)
     ]
     if config.num_sprites >= 2:
-      blocks.append(rng.integers(0, content_sizes[-1], (n, 1)))
+      blocks.append(rng.integers(0, num_orders, (n, 1)))
     return np.concatenate(blocks, axis=1)
 
-  def draw_pose(n: int) -> np.ndarray:
-    return np.stack([rng.integers(0, s, n) for s in pose_sizes], axis=1)
+  return _Source(
+    draw_content,
+    _uniform_columns(rng, pose_sizes),
+    num_contents=len(allowed) ** config.num_sprites * num_orders,
+    num_poses=math.prod(pose_sizes),
+    render=lambda content, pose: moving_dsprites.render_frames(
+      config, content, pose, manual_dir=dataset_config.manual_dir
+    ),
+  )
 
-  return draw_content, draw_pose
+
+def _mpi3d_images(manual_dir) -> np.ndarray:
+  """The builder's source: MPI3D_FILE in the manual dir, or a one-line error."""
+  path = epath.Path(manual_dir) / moving_mpi3d.MPI3D_FILE if manual_dir else None
+  if path is None or not path.exists():
+    raise FileNotFoundError(
+      f"{moving_mpi3d.MPI3D_FILE} not found in manual dir {manual_dir}; download "
+      f"it from {moving_mpi3d.MPI3D_URL} and pass its directory as "
+      "config.dataset.manual_dir."
+    )
+  return moving_mpi3d.load_images(path)
+
+
+def _mpi3d_source(dataset_config, config, rng, split: str) -> _Source:
+  """Content rows: `split`'s content combinations (as the builder splits
+  the file's factor sizes); pose rows: both degrees of freedom uniform."""
+  images = _mpi3d_images(dataset_config.manual_dir)
+  content_sizes, pose_sizes = moving_mpi3d.factor_sizes(config, images)
+  allowed = moving_mpi3d.split_contents(config, content_sizes)[split]
+  return _Source(
+    lambda n: allowed[rng.integers(0, len(allowed), n)],
+    _uniform_columns(rng, pose_sizes),
+    num_contents=len(allowed),
+    num_poses=math.prod(pose_sizes),
+    render=lambda content, pose: moving_mpi3d.render_frames(
+      config, content, pose, images
+    ),
+  )
+
+
+_SOURCES = {"moving_dsprites": _dsprites_source, "moving_mpi3d": _mpi3d_source}
+# The datasets mig_frames renders static frames of.
+DATASETS = tuple(_SOURCES)
 
 
 def mig_frames(
@@ -83,8 +197,10 @@ def mig_frames(
   """Single frames for MIG with their factors, rendered as the videos are.
 
   Contents are those of `split` (the test split: never seen in training);
-  poses cover every position. `protocol`: "calibrated" (module docstring) or
-  "reference" (every factor i.i.d., the authors' StaticDSprites).
+  poses cover every position (dSprites) or arm angle (MPI3D). `protocol`:
+  "calibrated" (module docstring) or "reference" (every factor i.i.d., the
+  authors' StaticDSprites and static_mpi3d_toy.Mpi3dReal). Moving MPI3D
+  reads its .npz from dataset_config.manual_dir, as its builder does.
 
   Returns:
     frames uint8 [N, H, W, C], content_factors int [N, Fc] and
@@ -92,22 +208,18 @@ def mig_frames(
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol={protocol!r}; expected one of {PROTOCOLS}.")
-  if dataset_config.name != "moving_dsprites":
+  if dataset_config.name not in _SOURCES:
     raise ValueError(
-      f"mig_frames renders static frames of moving_dsprites only, not "
+      f"mig_frames renders static frames of {DATASETS} only, not "
       f"{dataset_config.name!r}."
     )
   config = input_pipeline.get_builder(dataset_config).builder_config
   rng = np.random.default_rng([seed, 8])
-  draw_content, draw_pose = _dsprites_draws(config, rng, split)
+  source = _SOURCES[dataset_config.name](dataset_config, config, rng, split)
   if protocol == "calibrated":
-    content, pose = calibrated_factors(rng, num_frames, draw_content, draw_pose)
-  else:
-    content, pose = draw_content(num_frames), draw_pose(num_frames)
-  frames = moving_dsprites.render_frames(
-    config, content, pose, manual_dir=dataset_config.manual_dir
-  )
-  return frames, content, pose
+    return _calibrated_frames(rng, num_frames, source)
+  content, pose = source.draw_content(num_frames), source.draw_pose(num_frames)
+  return source.render(content, pose), content, pose
 
 
 def oracle_codes(

@@ -6,16 +6,49 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import metrics, mig_frames
-from mipae_jax.datasets import moving_dsprites
+from mipae_jax import evaluate, metrics, mig_frames, reproduce
+from mipae_jax.datasets import moving_dsprites, moving_mpi3d
 
 NUM_FRAMES = 2_000
+# A synthetic MPI3D file of the real layout: 72 content combinations (24 of
+# them test-only) x 8 x 8 arm angles, 57 MB. At 1,000 frames the supports
+# are all 24 test contents and all 64 poses (calibrated_supports).
+MPI3D_SIZES = (2, 3, 2, 2, 3, 8, 8)
+MPI3D_FRAMES = 1_000
 
 
 @pytest.fixture(scope="module")
 def frames_and_factors(tmp_path_factory):
   dataset = tiny_config(tmp_path_factory.mktemp("unused")).dataset
   return dataset, mig_frames.mig_frames(dataset, NUM_FRAMES, seed=0)
+
+
+def _mpi3d_config(data_dir, manual_dir, **overrides):
+  return reproduce.build_config(
+    "moving_mpi3d",
+    "mipae",
+    "tiny",
+    data_dir=str(data_dir),
+    overrides={"dataset.manual_dir": str(manual_dir), **overrides},
+  )
+
+
+@pytest.fixture(scope="module")
+def mpi3d_manual_dir(tmp_path_factory):
+  """images [*MPI3D_SIZES, 64, 64, 3]: each photograph's first row names its
+  7 factor indices, so no two are the same."""
+  manual_dir = tmp_path_factory.mktemp("mpi3d")
+  images = np.zeros((*MPI3D_SIZES, 64, 64, 3), np.uint8)
+  flat = images.reshape(-1, 64, 64, 3)
+  flat[:, 0, :7, 0] = np.stack(np.unravel_index(np.arange(len(flat)), MPI3D_SIZES), 1)
+  np.savez(manual_dir / moving_mpi3d.MPI3D_FILE, images=images)
+  return manual_dir
+
+
+@pytest.fixture(scope="module")
+def mpi3d_frames(tmp_path_factory, mpi3d_manual_dir):
+  dataset = _mpi3d_config(tmp_path_factory.mktemp("unused"), mpi3d_manual_dir).dataset
+  return dataset, mig_frames.mig_frames(dataset, MPI3D_FRAMES, seed=0)
 
 
 def _labels(factors):
@@ -80,17 +113,21 @@ def test_reference_protocol_repeats_almost_no_label(frames_and_factors):
   assert len(np.unique(pose, axis=0)) > 0.95 * 500
 
 
+@pytest.mark.parametrize("dataset", ["moving_dsprites", "moving_mpi3d"])
 @pytest.mark.parametrize(
   "codes, low, high", [("oracle", 0.9, 1.01), ("swapped", -1.01, -0.9)]
 )
 def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
-  tmp_path, monkeypatch, codes, low, high
+  tmp_path, monkeypatch, mpi3d_manual_dir, dataset, codes, low, high
 ):
   """evaluate_mig itself, its encoder replaced by a perfect (or swapped) one:
   at 2 x 1,000 frames it must reach the thresholds, with a tight interval."""
-  from mipae_jax import evaluate
-
-  config = tiny_config(tmp_path, **{"eval.num_mig_frames": 2_000, "eval.mig_folds": 2})
+  fields = {"eval.num_mig_frames": 2_000, "eval.mig_folds": 2}
+  if dataset == "moving_mpi3d":
+    config = _mpi3d_config(tmp_path, mpi3d_manual_dir, **fields)
+  else:
+    config = tiny_config(tmp_path, **fields)
+  evaluate.validate_eval(config)
   table = {}
 
   def oracle_encoder(networks, main, frames, batch_size, mesh):
@@ -121,3 +158,95 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   assert result["num_frame_sets"] == 2 and result["num_frames"] == 2_000
   assert result["oracle_MIG"] >= 0.9 and result["swapped_MIG"] <= -0.9
   assert result["MIG_ci95"] < 0.05
+
+
+def test_rotating_dsprites_frames_are_distinct_and_reach_the_ceiling(tmp_path):
+  """Rotating: only 72 test content rows (6 per sprite, 2 depth orders), so
+  the content support is all of them; frames that only the invisible depth
+  order tells apart are replaced, so all 2,000 differ."""
+  dataset = tiny_config(
+    tmp_path, **{"dataset.builder_config": "rotating_small"}
+  ).dataset
+  frames, content, pose = mig_frames.mig_frames(dataset, NUM_FRAMES)
+  assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
+  assert (len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))) == (72, 90)
+  builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
+  np.testing.assert_array_equal(
+    moving_dsprites.render_frames(builder_config, content[:50], pose[:50]), frames[:50]
+  )
+  z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5)
+  assert metrics.mig(content, pose, z_c, z_p)["MIG"] >= 0.9
+  assert metrics.mig(content, pose, z_p, z_c)["MIG"] <= -0.9
+
+
+def test_mpi3d_frames_are_distinct_test_contents_and_re_render(
+  mpi3d_frames, mpi3d_manual_dir
+):
+  dataset, (frames, content, pose) = mpi3d_frames
+  assert frames.shape == (MPI3D_FRAMES, 64, 64, 3) and frames.dtype == np.uint8
+  assert len(np.unique(frames.reshape(MPI3D_FRAMES, -1), axis=0)) == MPI3D_FRAMES
+  # Each photograph names the factors it was gathered from.
+  np.testing.assert_array_equal(frames[:, 0, :7, 0], np.concatenate([content, pose], 1))
+  images = moving_mpi3d.load_images(mpi3d_manual_dir / moving_mpi3d.MPI3D_FILE)
+  builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
+  np.testing.assert_array_equal(
+    moving_mpi3d.render_frames(builder_config, content, pose, images), frames
+  )
+  split = moving_mpi3d.split_contents(builder_config, MPI3D_SIZES[:5])
+  test_contents = {tuple(c) for c in split["test"].tolist()}
+  assert {tuple(c) for c in content.tolist()} == test_contents
+  _, reference_content, _ = mig_frames.mig_frames(dataset, 200, protocol="reference")
+  assert {tuple(c) for c in reference_content.tolist()} <= test_contents
+
+
+def test_mpi3d_labels_repeat_and_content_is_independent_of_pose(mpi3d_frames):
+  _, (_, content, pose) = mpi3d_frames
+  supports = mig_frames.calibrated_supports(MPI3D_FRAMES, 24, 64)
+  assert supports == (24, 64)
+  content_labels, pose_labels = _labels(content), _labels(pose)
+  for labels, support in zip((content_labels, pose_labels), supports, strict=True):
+    counts = np.bincount(labels)
+    assert len(counts) == support and counts.min() >= 5
+  rng = np.random.default_rng(1)
+  independent = _plug_in_mi(
+    rng.integers(0, supports[0], MPI3D_FRAMES),
+    rng.integers(0, supports[1], MPI3D_FRAMES),
+  )
+  assert _plug_in_mi(content_labels, pose_labels) <= independent
+
+
+def test_mpi3d_oracle_and_swapped_codes_reach_the_calibration_thresholds(mpi3d_frames):
+  _, (_, content, pose) = mpi3d_frames
+  z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 10)
+  assert metrics.mig(content, pose, z_c, z_p)["MIG"] >= 0.9
+  assert metrics.mig(content, pose, z_p, z_c)["MIG"] <= -0.9
+  rng = np.random.default_rng(0)
+  noise = metrics.mig(
+    content,
+    pose,
+    rng.normal(size=(MPI3D_FRAMES, 128)),
+    rng.normal(size=(MPI3D_FRAMES, 10)),
+  )
+  assert abs(noise["MIG"]) < 0.05
+
+
+def test_mpi3d_missing_file_or_too_many_frames_are_clear_errors(
+  tmp_path, mpi3d_manual_dir
+):
+  empty = tmp_path / "manual"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError) as error:
+    mig_frames.mig_frames(_mpi3d_config(tmp_path, empty).dataset, 10)
+  message = str(error.value)
+  assert moving_mpi3d.MPI3D_FILE in message and str(empty) in message
+  assert "\n" not in message
+  dataset = _mpi3d_config(tmp_path, mpi3d_manual_dir).dataset
+  with pytest.raises(ValueError, match=r"num_frames=1537 exceeds the 24 x 64 = 1536"):
+    mig_frames.mig_frames(dataset, 24 * 64 + 1)
+
+
+def test_mpi3d_configs_score_calibrated_static_frames():
+  for method in reproduce.METHODS:
+    config = reproduce.paper_config("moving_mpi3d", method)
+    assert config.eval.mig_protocol == "calibrated"
+    evaluate.validate_eval(config)
