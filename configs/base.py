@@ -89,6 +89,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 5_000
   # Checkpoints kept on disk (older ones are deleted).
   config.keep_checkpoints = 3
+  # Checkpoint step training resumes from (-1: the latest). An earlier step
+  # (e.g. the one before a corrupt latest checkpoint) moves the later steps
+  # to WORKDIR/checkpoints_superseded/; nothing is deleted.
+  config.restore_step = -1
   # Call jax.distributed.initialize() before anything else (multi-host).
   config.distributed = False
 
@@ -111,6 +115,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.lstm.log_every_steps = 100
   config.lstm.image_every_steps = 5_000
   config.lstm.checkpoint_every_steps = 5_000
+  # Stage-2 checkpoint step to resume from (-1: the latest), as restore_step.
+  config.lstm.restore_step = -1
 
   # Evaluation (Fig. 5, Table I).
   config.eval = ml_collections.ConfigDict()

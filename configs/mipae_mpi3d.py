@@ -1,7 +1,10 @@
 """MIPAE on Moving MPI3D-real (Sec. IV-D): ResNet-18 E_p, VGG-16 E_c and D.
 
   python -m mipae_jax.main --config=configs/mipae_mpi3d.py --workdir=/tmp/mipae_mpi3d \
-      --config.dataset.manual_dir=/path/with/real3d_complicated_shapes_ordered.npz
+      --config.dataset.manual_dir=DIR
+DIR is the directory holding mpi3d_real.npz (about 12 GB, from
+https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/mpi3d_real.npz),
+the file datasets/moving_mpi3d.py reads (MPI3D_FILE).
 Small CPU variant: --config=configs/mipae_mpi3d.py:smoke
 """
 

@@ -4,11 +4,17 @@ periodic and preemption saves, and compatibility checks before any compile.
 Each checkpoint step holds three items: the train state, the grain iterator
 state of every process, and an `experiment` fingerprint (method, dataset and
 model shapes) that is compared with the config before anything is restored.
+A `Checkpointer` is a context manager: leaving it, on success or on error,
+finishes the saves in flight and removes the directories it created that
+stayed empty.
 """
 
 import contextlib
 import os
+import re
 import signal
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,12 +23,18 @@ import grain.python as grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from mipae_jax import sharding
 
 # 2: one Adam state for E_c, E_p, D and one for the critic (the reference step).
 FORMAT_VERSION = 2
+# Exit status of a run stopped by SIGTERM after saving (128 + SIGTERM, what a
+# shell reports for a process the signal ended), so that a scheduler can tell
+# a preempted run from a finished one (0).
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class CheckpointError(ValueError):
@@ -55,6 +67,77 @@ def _mismatch(
   return {k: (saved.get(k), wanted[k]) for k in keys if saved.get(k) != wanted[k]}
 
 
+def exit_code(step: int, final_step: int) -> int:
+  """0 for a run that reached `final_step`, PREEMPTED_EXIT_CODE before it."""
+  return PREEMPTED_EXIT_CODE if step < final_step else 0
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and checks that a file can be written there."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise PermissionError(
+      f"Cannot write to the workdir {workdir} ({e.strerror}); use a writable --workdir."
+    ) from e
+
+
+def _missing_dirs(path: str) -> list[str]:
+  """`path` and its ancestors that do not exist yet, deepest first."""
+  missing = []
+  while path and not os.path.exists(path):
+    missing.append(path)
+    parent = os.path.dirname(path)
+    path = "" if parent == path else parent
+  return missing
+
+
+def _remove_if_empty(paths: list[str]) -> None:
+  """Removes the directories `paths` (deepest first) while they are empty."""
+  for path in paths:
+    try:
+      os.rmdir(path)
+    except OSError:  # Not empty (or already gone): keep it and its parents.
+      return
+
+
+def _quiet_closed_loop_errors() -> None:
+  """Wraps sys.unraisablehook to drop the "Event loop is closed"
+  RuntimeErrors that tensorstore callbacks raise after a failed Orbax restore
+  (one per array still in flight, printed after the real error); anything
+  else goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_errors", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop_errors = True
+  sys.unraisablehook = hook
+
+
+def _short_reason(error: BaseException, step_dir: str) -> tuple[str, str]:
+  """(file or directory to blame, one-line reason) of an Orbax read error."""
+  root = error
+  while root.__cause__ is not None or root.__context__ is not None:
+    root = root.__cause__ or root.__context__
+  texts = [str(e) for e in (error, root)]
+  paths = re.findall(re.escape(step_dir) + r"/[^\s\"'\]\[,;]+", " ".join(texts))
+  files = [p for p in paths if os.path.isfile(p)]
+  blamed = max(files or paths or [step_dir], key=len)
+  reason = str(root).split(" [tensorstore_spec")[0].splitlines()[0]
+  reason = reason.rsplit(f'{blamed}"', 1)[-1].lstrip(": ")
+  if len(reason) > 100:
+    reason = reason[:97] + "..."
+  return blamed, f"{type(root).__name__}: {reason}"
+
+
 def _iterator_args(data_iter: Any, save: bool):
   grain_iter = getattr(data_iter, "grain_iterator", data_iter)
   if save:
@@ -65,9 +148,12 @@ def _iterator_args(data_iter: Any, save: bool):
 class Checkpointer:
   """Checkpoints of one training run under `workdir/subdir`.
 
-  Construction already checks the latest checkpoint's fingerprint against
-  the config, so a wrong workdir fails before any compile; nothing on disk is
-  ever changed by a failed check or restore.
+  Construction already checks the fingerprint of the step to resume from
+  (`restore_step`, -1: the latest) against the config, so a wrong workdir
+  fails before any compile; nothing on disk is ever changed by a failed
+  check or restore. `step_flag` is the config field that picks another step
+  (named in the error of a corrupt checkpoint). With `writable`, a workdir
+  that cannot be written to is refused first.
   """
 
   def __init__(
@@ -78,20 +164,60 @@ class Checkpointer:
     subdir: str = "checkpoints",
     keep: int | None = None,
     fingerprint: dict[str, Any] | None = None,
+    restore_step: int = -1,
+    step_flag: str = "restore_step",
+    writable: bool = False,
   ):
     # Orbax's tensorstore writer needs an absolute path: a relative workdir
     # (e.g. --workdir=runs/x) otherwise fails at the first save.
-    self.directory = epath.Path(os.path.abspath(workdir)) / subdir
+    self.workdir = os.path.abspath(workdir)
+    self.directory = epath.Path(self.workdir) / subdir
     self.fingerprint = fingerprint or experiment_fingerprint(config, info)
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep or config.keep_checkpoints, create=True
+    self.restore_step = restore_step
+    self.step_flag = step_flag
+    self.manager = None
+    self._created = _missing_dirs(str(self.directory))
+    _quiet_closed_loop_errors()
+    try:
+      if writable:
+        check_writable(self.workdir)
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep or config.keep_checkpoints, create=True
+      )
+      self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=options,
+        item_names=("state", "data_iter", "experiment"),
+      )
+      step = self.resume_step()
+      if step is not None:
+        self.check_compatible(step)
+    except BaseException:
+      self.close()
+      raise
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close(failed=exc_info[0] is not None)
+
+  def corrupt(self, step: int, error: BaseException) -> "CheckpointError":
+    """The one-line error of an unreadable `step`, with the step to resume
+    from instead."""
+    step_dir = str(self.directory / str(step))
+    blamed, reason = _short_reason(error, step_dir)
+    earlier = [s for s in self.manager.all_steps() if s < step]
+    if earlier:
+      hint = (
+        f"resume from the previous step with --config.{self.step_flag}={max(earlier)}"
+      )
+    else:
+      hint = f"there is no earlier step: move {step_dir} aside to start over"
+    return CheckpointError(
+      f"Checkpoint step {step} is corrupt or incomplete: {blamed} ({reason}); "
+      f"{hint} (nothing was deleted)."
     )
-    self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=("state", "data_iter", "experiment")
-    )
-    latest = self.manager.latest_step()
-    if latest is not None:
-      self.check_compatible(latest)
 
   def read_fingerprint(self, step: int) -> dict[str, Any]:
     try:
@@ -99,10 +225,7 @@ class Checkpointer:
         step, args=ocp.args.Composite(experiment=ocp.args.JsonRestore())
       )
     except Exception as e:  # Orbax raises many types for unreadable files.
-      raise CheckpointError(
-        f"Checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
-        f"{e}); it may be corrupt or incomplete."
-      ) from e
+      raise self.corrupt(step, e) from e
     return restored.experiment
 
   def check_compatible(self, step: int, keys=None) -> None:
@@ -121,6 +244,19 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def resume_step(self) -> int | None:
+    """The step training resumes from: `restore_step`, or the latest (None
+    when there is no checkpoint)."""
+    if self.restore_step == -1:
+      return self.manager.latest_step()
+    available = self.manager.all_steps()
+    if self.restore_step not in available:
+      raise CheckpointError(
+        f"No checkpoint of step {self.restore_step} in {self.directory} "
+        f"(--config.{self.step_flag}); available: {sorted(available)}."
+      )
+    return self.restore_step
+
   def restore(
     self, step: int, abstract_state: Any, data_iter: Any | None = None
   ) -> Any:
@@ -131,10 +267,7 @@ class Checkpointer:
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:
-      raise CheckpointError(
-        f"Could not restore step {step} from {self.directory} ({type(e).__name__}: {e}). "
-        "The checkpoint is corrupt, incomplete, or from an incompatible model."
-      ) from e
+      raise self.corrupt(step, e) from e
     return restored.state
 
   def restore_trained(
@@ -163,13 +296,47 @@ class Checkpointer:
     )
     return self.restore(step, abstract_state), step
 
-  def restore_or_initialize(self, state: Any, data_iter: Any | None = None) -> Any:
-    """The latest checkpoint if there is one (with iterator state), else `state`."""
-    step = self.manager.latest_step()
+  def restore_or_initialize(
+    self,
+    abstract_state: Any,
+    init_fn: Callable[[], Any],
+    data_iter: Any | None = None,
+  ) -> Any:
+    """The state of `resume_step()` (iterator restored in place), else
+    `init_fn()`: nothing is compiled to resume.
+
+    A resume from an earlier step than the latest moves the later steps to
+    `workdir/<subdir>_superseded/` (nothing is deleted), so that training can save
+    them again.
+    """
+    step = self.resume_step()
     if step is None:
-      return state
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self.restore(step, abstract, data_iter)
+      return init_fn()
+    state = self.restore(step, abstract_state, data_iter)
+    later = [s for s in self.manager.all_steps() if s > step]
+    if later:
+      self._set_aside(later)
+    return state
+
+  def _set_aside(self, steps: list[int]) -> None:
+    aside = self.directory.parent / f"{self.directory.name}_superseded"
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = aside / str(step)
+        suffix = 1
+        while target.exists():
+          target, suffix = aside / f"{step}.{suffix}", suffix + 1
+        (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints_set_aside")
+    self.manager.reload()
+    logging.warning(
+      "Resuming from step %d: later steps %s moved to %s.",
+      self.restore_step,
+      steps,
+      aside,
+    )
 
   def save(self, step: int, state: Any, data_iter: Any | None = None) -> None:
     args = {
@@ -200,7 +367,21 @@ class Checkpointer:
       if can_signal:
         signal.signal(signal.SIGTERM, previous)
 
-  def close(self) -> None:
-    """Waits for pending (async) saves, then releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def close(self, failed: bool = False) -> None:
+    """Waits for pending (async) saves, releases the manager and removes the
+    directories this Checkpointer created that stayed empty.
+
+    With `failed` (closing while an error propagates), an error of the saves
+    themselves is logged rather than raised, so that the original error is
+    the one reported.
+    """
+    if self.manager is not None:
+      try:
+        self.manager.wait_until_finished()
+        self.manager.close()
+      except Exception as e:
+        if not failed:
+          raise
+        logging.error("Pending checkpoint save failed: %s: %s", type(e).__name__, e)
+      self.manager = None
+    _remove_if_empty(self._created)

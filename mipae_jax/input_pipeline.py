@@ -14,6 +14,7 @@ builder_config, data_dir, manual_dir, prepare, num_frames); builder_config is
 a config name ("fixed", "grey_small", ...) or a BuilderConfig instance.
 """
 
+import bisect
 import dataclasses
 import math
 import os
@@ -25,10 +26,12 @@ import grain.python as grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 from jax.experimental import multihost_utils
 
 # Registers moving_mnist, moving_dsprites and moving_mpi3d with TFDS.
 import mipae_jax.datasets  # noqa: F401
+from mipae_jax import config_validation
 
 # Threads reading and decoding records ahead of the training step (zlib
 # releases the GIL). Grain polls every buffered read per element, so a short
@@ -37,6 +40,10 @@ _READ_THREADS = min(16, os.cpu_count() or 1)
 _READ_OPTIONS = grain.ReadOptions(
   num_threads=_READ_THREADS, prefetch_buffer_size=2 * _READ_THREADS
 )
+
+
+class CorruptDataError(ValueError):
+  """A file of a built dataset is truncated or holds a corrupt record."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +208,85 @@ def dataset_info(dataset_config) -> DatasetInfo:
   )
 
 
+def _rebuild_hint(builder: tfds.core.DatasetBuilder, dataset_config) -> str:
+  return (
+    f"rebuild the dataset: delete {builder.data_dir} and run "
+    + config_validation.prepare_command(dataset_config)
+  )
+
+
+def _split_files(builder: tfds.core.DatasetBuilder, split: str):
+  """(shard paths, records per shard) of `split`, in the data source's order."""
+  split_info = builder.info.splits[split]
+  return [str(path) for path in split_info.filepaths], list(split_info.shard_lengths)
+
+
+def check_split_files(
+  builder: tfds.core.DatasetBuilder, split: str, dataset_config
+) -> None:
+  """Opens every shard of `split` and compares its record count with the
+  dataset's info: a missing, truncated or overwritten file is named here,
+  before anything compiles (a corrupt record inside a shard is only found
+  when it is read)."""
+  for path, expected in zip(*_split_files(builder, split), strict=True):
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      try:
+        count = reader.num_records()
+      finally:
+        reader.close()
+    except Exception as e:  # array_record raises RuntimeError / ValueError / OSError.
+      count, reason = 0, f" ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+    else:
+      reason = ""
+    if count != expected:
+      raise CorruptDataError(
+        f"Dataset file {path} is missing, truncated or corrupt: {count} of its "
+        f"{expected} records readable{reason}; {_rebuild_hint(builder, dataset_config)}."
+      )
+
+
+class _NamedSource:
+  """A TFDS data source whose read errors name the shard file and say how to
+  rebuild it; its repr is the source's (grain checks it on restore)."""
+
+  def __init__(
+    self, source, builder: tfds.core.DatasetBuilder, split: str, dataset_config
+  ):
+    self._source = source
+    self._paths, lengths = _split_files(builder, split)
+    self._ends = np.cumsum(lengths).tolist()
+    self._hint = _rebuild_hint(builder, dataset_config)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __repr__(self) -> str:
+    return repr(self._source)
+
+  def __getitem__(self, index: int) -> Any:
+    try:
+      return self._source[index]
+    except (RuntimeError, ValueError, OSError) as e:
+      path = self._paths[
+        min(bisect.bisect_right(self._ends, index), len(self._paths) - 1)
+      ]
+      reason = str(e).splitlines()[0][:100] if str(e) else ""
+      raise CorruptDataError(
+        f"Corrupt record {index} in {path} ({type(e).__name__}: {reason}); "
+        f"{self._hint}."
+      ) from e
+
+
+def _data_source(
+  builder: tfds.core.DatasetBuilder, split: str, dataset_config, decoders=None
+) -> _NamedSource:
+  """The checked data source of `split` (see check_split_files)."""
+  check_split_files(builder, split, dataset_config)
+  source = builder.as_data_source(split, decoders=decoders)
+  return _NamedSource(source, builder, split, dataset_config)
+
+
 def _check_num_frames(builder: tfds.core.DatasetBuilder, num_frames: int) -> None:
   seq_len = builder.builder_config.seq_len
   if not 1 <= num_frames <= seq_len:
@@ -303,8 +389,8 @@ def create_train_iterator(
   builder = prepare_dataset(dataset_config)
   _check_num_frames(builder, num_frames)
   local_batch_size = _local_batch_size(global_batch_size, sharding)
-  source = builder.as_data_source(
-    "train", decoders={"video": _VideoPrefixDecoder(num_frames)}
+  source = _data_source(
+    builder, "train", dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
   )
   shard_options = grain.ShardByJaxProcess(drop_remainder=True)
   if len(source) < jax.process_count():
@@ -350,8 +436,8 @@ def create_eval_iterator(
   builder = prepare_dataset(dataset_config)
   _check_num_frames(builder, num_frames)
   local_batch_size = _local_batch_size(global_batch_size, sharding)
-  source = builder.as_data_source(
-    split, decoders={"video": _VideoPrefixDecoder(num_frames)}
+  source = _data_source(
+    builder, split, dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
   )
   if num_sequences == -1:
     num_sequences = len(source)
@@ -400,7 +486,7 @@ def load_frames(
     "pose_factors" int32 [N, Fp].
   """
   builder = prepare_dataset(dataset_config)
-  source = builder.as_data_source(split)
+  source = _data_source(builder, split, dataset_config)
   seq_len = builder.builder_config.seq_len
   rng = np.random.default_rng(seed)
   video_ids = rng.integers(0, len(source), size=num_frames)

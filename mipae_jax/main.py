@@ -11,7 +11,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mipae_jax import sharding
+from mipae_jax import config_validation, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -31,7 +31,9 @@ flags.DEFINE_list(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
+  """Runs --mode; the exit status of a training run stopped by SIGTERM is
+  checkpointing.PREEMPTED_EXIT_CODE (143)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
@@ -50,13 +52,15 @@ def main(argv: list[str]) -> None:
 
     input_pipeline.prepare_dataset(config.dataset)
   elif FLAGS.mode == "train":
-    from mipae_jax import train
+    from mipae_jax import checkpointing, train
 
-    train.train_and_evaluate(config, FLAGS.workdir)
+    state = train.train_and_evaluate(config, FLAGS.workdir)
+    return checkpointing.exit_code(int(state.step), config.num_train_steps)
   elif FLAGS.mode == "train_lstm":
-    from mipae_jax import train_lstm
+    from mipae_jax import checkpointing, train_lstm
 
-    train_lstm.train_and_evaluate(config, FLAGS.workdir)
+    state = train_lstm.train_and_evaluate(config, FLAGS.workdir)
+    return checkpointing.exit_code(int(state.step), config.lstm.num_train_steps)
   elif FLAGS.mode == "curves":
     from mipae_jax import learning_curves
 
@@ -72,4 +76,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=config_validation.parse_flags)

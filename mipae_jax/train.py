@@ -357,6 +357,24 @@ def make_train_step(
   )
 
 
+def abstract_state(
+  networks: Networks,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  image_shape: tuple[int, int, int],
+) -> Any:
+  """The state's shapes, replicated over `mesh`: what a restore needs, with
+  nothing compiled."""
+  init_fn = functools.partial(
+    create_train_state, networks, config, image_shape=image_shape
+  )
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    jax.eval_shape(init_fn, jax.random.PRNGKey(0)),
+  )
+
+
 def init_state(
   networks: Networks,
   config: ml_collections.ConfigDict,
@@ -446,7 +464,14 @@ def write_image_summaries(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains the main network in `workdir`, resuming from its latest checkpoint."""
+  """Trains the main network in `workdir`, resuming from its latest checkpoint
+  (or config.restore_step).
+
+  Everything that can fail without compiling is checked first: the config,
+  the workdir (writable), the checkpoint's fingerprint, the dataset and its
+  files. The checkpoint manager is closed on every exit: saves in flight
+  finish, and an error propagates as it was raised.
+  """
   config_validation.validate(config)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
@@ -455,92 +480,126 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   image_shape = (info.height, info.width, info.channels)
   networks = build_networks(config, info.channels)
 
-  checkpoints = checkpointing.Checkpointer(workdir, config, info)
-  state, state_sharding = init_state(networks, config, mesh, image_shape)
-  train_iter = input_pipeline.create_train_iterator(
-    config.dataset,
-    global_batch_size=config.batch_size,
-    sharding=sharding.batch_sharding(mesh),
-    seed=config.seed,
-  )
-  state = checkpoints.restore_or_initialize(state, train_iter)
-  initial_step = int(state.step)
-  if initial_step >= config.num_train_steps:
-    logging.warning(
-      "Nothing to do: the checkpoint in %s is at step %d and "
-      "config.num_train_steps=%d; raise num_train_steps to train further.",
-      workdir,
-      initial_step,
-      config.num_train_steps,
+  with checkpointing.Checkpointer(
+    workdir, config, info, restore_step=config.restore_step, writable=True
+  ) as checkpoints:
+    train_iter = input_pipeline.create_train_iterator(
+      config.dataset,
+      global_batch_size=config.batch_size,
+      sharding=sharding.batch_sharding(mesh),
+      seed=config.seed,
     )
+    state = checkpoints.restore_or_initialize(
+      abstract_state(networks, config, mesh, image_shape),
+      lambda: init_state(networks, config, mesh, image_shape)[0],
+      train_iter,
+    )
+    initial_step = int(state.step)
+    if initial_step >= config.num_train_steps:
+      logging.warning(
+        "Nothing to do: the checkpoint in %s is at step %d and "
+        "config.num_train_steps=%d; raise num_train_steps to train further.",
+        workdir,
+        initial_step,
+        config.num_train_steps,
+      )
+      return state
+    return _train_loop(config, workdir, networks, mesh, state, train_iter, checkpoints)
 
+
+def _train_loop(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  networks: Networks,
+  mesh: jax.sharding.Mesh,
+  state: TrainState,
+  train_iter: Iterator[dict[str, Any]],
+  checkpoints: checkpointing.Checkpointer,
+) -> TrainState:
+  """Steps from `state.step` to config.num_train_steps (or SIGTERM)."""
+  initial_step = int(state.step)
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
   )
   if initial_step == 0:
     writer.write_hparams(config_validation.flat_hparams(config))
   logging.info("Training %s from step %d.", config.method, initial_step)
-  step_fn = make_train_step(networks, config, mesh, state_sharding)
+  # One replicated sharding for every leaf: the restored and the initial
+  # state carry different (equal-shaped) optimiser objects.
+  step_fn = make_train_step(networks, config, mesh, sharding.replicated(mesh))
   report_progress = periodic_actions.ReportProgress(
     num_train_steps=config.num_train_steps, writer=writer
   )
   base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   train_metrics = None
   step = initial_step
-  with checkpoints.preemption_guard() as preempted:
-    while step < config.num_train_steps:
-      step += 1
-      batch = next_batch(train_iter)
-      state, step_metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-      train_metrics = (
-        step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-      )
-      report_progress(step)
-      is_last = step == config.num_train_steps
-      stopping = preempted(step)
-      if step % config.log_every_steps == 0 or is_last or stopping:
-        values = train_metrics.compute()
-        check_state_finite(state, step, checkpoints.latest_step())
-        check_finite(values, step)
-        writer.write_scalars(step, {f"train_{k}": v for k, v in values.items()})
-        train_metrics = None
-      if jax.process_index() == 0 and (step % config.image_every_steps == 0 or is_last):
-        write_image_summaries(writer, step, networks, state, batch["video"])
-      if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-        if train_metrics is not None:
-          check_finite(train_metrics.compute(), step)
-        check_state_finite(state, step, checkpoints.latest_step())
-        checkpoints.save(step, state, train_iter)
-      if stopping:
-        logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
-        break
-  writer.flush()
-  checkpoints.close()
+  try:
+    with checkpoints.preemption_guard() as preempted:
+      while step < config.num_train_steps:
+        step += 1
+        batch = next_batch(train_iter)
+        state, step_metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
+        train_metrics = (
+          step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+        )
+        report_progress(step)
+        is_last = step == config.num_train_steps
+        stopping = preempted(step)
+        if step % config.log_every_steps == 0 or is_last or stopping:
+          values = train_metrics.compute()
+          check_state_finite(state, step, checkpoints.latest_step())
+          check_finite(values, step)
+          writer.write_scalars(step, {f"train_{k}": v for k, v in values.items()})
+          train_metrics = None
+        if jax.process_index() == 0 and (
+          step % config.image_every_steps == 0 or is_last
+        ):
+          write_image_summaries(writer, step, networks, state, batch["video"])
+        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
+          if train_metrics is not None:
+            check_finite(train_metrics.compute(), step)
+          check_state_finite(state, step, checkpoints.latest_step())
+          checkpoints.save(step, state, train_iter)
+        if stopping:
+          logging.warning(
+            "Preempted at step %d: checkpoint saved, exiting with status %d.",
+            step,
+            checkpointing.PREEMPTED_EXIT_CODE,
+          )
+          break
+  finally:
+    writer.close()
   return state
 
 
 def load_main_network(
-  config: ml_collections.ConfigDict, workdir: str, info: Any, step: int = -1
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  info: Any,
+  step: int = -1,
+  step_flag: str = "eval.step",
 ) -> tuple[Networks, Variables, int]:
   """Restores the main network of `workdir` (latest step, or `step`).
 
   Returns the networks, {"params", "batch_stats"} on the host's default
   device layout, and the restored step. Fails before any compile with a
-  CheckpointError when there is no checkpoint or it belongs to another
-  experiment.
+  CheckpointError when there is no checkpoint, it belongs to another
+  experiment, or it is corrupt (naming `step_flag`, the config field that
+  picks another step).
   """
   networks = build_networks(config, info.channels)
-  checkpoints = checkpointing.Checkpointer(workdir, config, info)
   init_fn = functools.partial(
     create_train_state,
     networks,
     config,
     image_shape=(info.height, info.width, info.channels),
   )
-  state, step = checkpoints.restore_trained(
-    init_fn,
-    step,
-    f"Train it first: python -m mipae_jax.main --mode=train --workdir={workdir}",
-  )
-  checkpoints.close()
+  with checkpointing.Checkpointer(
+    workdir, config, info, step_flag=step_flag
+  ) as checkpoints:
+    state, step = checkpoints.restore_trained(
+      init_fn,
+      step,
+      f"Train it first: {config_validation.command(config, workdir, 'train')}",
+    )
   return networks, {"params": state.params, "batch_stats": state.batch_stats}, step

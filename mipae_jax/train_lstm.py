@@ -157,7 +157,12 @@ def _write_prediction_strip(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMState:
-  """Trains the pose LSTM on the frozen main network of `workdir`."""
+  """Trains the pose LSTM on the frozen main network of `workdir`, resuming
+  from its latest checkpoint (or config.lstm.restore_step).
+
+  As in train.train_and_evaluate, the workdir, checkpoints and dataset are
+  checked before anything compiles, and saves in flight finish on any exit.
+  """
   config_validation.validate(config)
   config_validation.validate_lstm(config)
   mesh = sharding.create_mesh()
@@ -170,41 +175,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
       f"Bad config: lstm.num_context + lstm.num_future = {num_frames} exceeds the "
       f"{info.seq_len} frames per video of {config.dataset.name}."
     )
-  networks, main, main_step = train.load_main_network(config, workdir, info)
+  networks, main, main_step = train.load_main_network(
+    config, workdir, info, step_flag="restore_step"
+  )
   logging.info("Stage 2 on the main network of step %d.", main_step)
   predictor = predict.Predictor(networks, build_pose_lstm(config))
-
-  checkpoints = checkpointing.Checkpointer(
+  with checkpointing.Checkpointer(
     workdir,
     config,
     info,
     subdir="lstm_checkpoints",
     fingerprint=lstm_fingerprint(config, info, main_step),
-  )
-  init_fn = functools.partial(create_lstm_state, predictor.pose_lstm, config)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  replicated = sharding.replicated(mesh)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract)
-  state = jax.jit(init_fn, out_shardings=state_sharding)(
-    jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
-  )
-  train_iter = input_pipeline.create_train_iterator(
-    config.dataset,
-    global_batch_size=config.lstm.batch_size,
-    sharding=sharding.batch_sharding(mesh),
-    seed=config.seed + 1,
-    num_frames=num_frames,
-  )
-  state = checkpoints.restore_or_initialize(state, train_iter)
-  step_fn = jax.jit(
-    functools.partial(lstm_train_step, predictor, config.lstm),
-    in_shardings=(replicated, state_sharding, sharding.batch_sharding(mesh)),
-    out_shardings=(state_sharding, replicated, replicated),
-    donate_argnums=1,
-  )
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0, collection="lstm"
-  )
+    restore_step=config.lstm.restore_step,
+    step_flag="lstm.restore_step",
+    writable=True,
+  ) as checkpoints:
+    train_iter = input_pipeline.create_train_iterator(
+      config.dataset,
+      global_batch_size=config.lstm.batch_size,
+      sharding=sharding.batch_sharding(mesh),
+      seed=config.seed + 1,
+      num_frames=num_frames,
+    )
+    init_fn = functools.partial(create_lstm_state, predictor.pose_lstm, config)
+    replicated = sharding.replicated(mesh)
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(init_fn, jax.random.PRNGKey(0)),
+    )
+    state = checkpoints.restore_or_initialize(
+      abstract,
+      lambda: jax.jit(init_fn, out_shardings=replicated)(
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+      ),
+      train_iter,
+    )
+    step_fn = jax.jit(
+      functools.partial(lstm_train_step, predictor, config.lstm),
+      in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
+      out_shardings=replicated,
+      donate_argnums=1,
+    )
+    writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, collection="lstm"
+    )
+    try:
+      return _train_loop(
+        config, predictor, main, state, step_fn, train_iter, checkpoints, writer
+      )
+    finally:
+      writer.close()
+
+
+def _train_loop(
+  config: ml_collections.ConfigDict,
+  predictor: predict.Predictor,
+  main: Variables,
+  state: LSTMState,
+  step_fn: Any,
+  train_iter: Any,
+  checkpoints: checkpointing.Checkpointer,
+  writer: metric_writers.MetricWriter,
+) -> LSTMState:
+  """Steps from `state.step` to config.lstm.num_train_steps (or SIGTERM)."""
   report_progress = periodic_actions.ReportProgress(
     num_train_steps=config.lstm.num_train_steps, writer=writer
   )
@@ -244,10 +277,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
           train.check_finite(train_metrics.compute(), step)
         checkpoints.save(step, state, train_iter)
       if stopping:
-        logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
+        logging.warning(
+          "Preempted at step %d: checkpoint saved, exiting with status %d.",
+          step,
+          checkpointing.PREEMPTED_EXIT_CODE,
+        )
         break
-  writer.flush()
-  checkpoints.close()
   return state
 
 
@@ -263,17 +298,17 @@ def load_pose_lstm(
   With `main_step`, an LSTM trained on another main-network step is refused.
   """
   pose_lstm = build_pose_lstm(config)
-  checkpoints = checkpointing.Checkpointer(
+  with checkpointing.Checkpointer(
     workdir,
     config,
     info,
     subdir="lstm_checkpoints",
     fingerprint=lstm_fingerprint(config, info, main_step),
-  )
-  state, step = checkpoints.restore_trained(
-    functools.partial(create_lstm_state, pose_lstm, config),
-    step,
-    f"Run stage 2 first: python -m mipae_jax.main --mode=train_lstm --workdir={workdir}",
-  )
-  checkpoints.close()
+    step_flag="lstm.restore_step",
+  ) as checkpoints:
+    state, step = checkpoints.restore_trained(
+      functools.partial(create_lstm_state, pose_lstm, config),
+      step,
+      "Run stage 2 first: " + config_validation.command(config, workdir, "train_lstm"),
+    )
   return pose_lstm, state.params, step
