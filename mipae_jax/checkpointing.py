@@ -10,6 +10,7 @@ stayed empty.
 """
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -122,6 +123,23 @@ def _quiet_closed_loop_errors() -> None:
   sys.unraisablehook = hook
 
 
+def _unparsable_json(step_dir: str) -> str:
+  """The first metadata file of `step_dir` that is not valid JSON (Orbax's
+  JSON errors name no file), else `step_dir`."""
+  for root, dirs, names in os.walk(step_dir):
+    dirs[:] = sorted(d for d in dirs if d != "d")  # d/: binary array chunks.
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      if name in ("manifest.ocdbt", "commit_success.txt"):
+        continue
+      try:
+        with open(path, "rb") as f:
+          json.loads(f.read())
+      except ValueError:
+        return path
+  return step_dir
+
+
 def _short_reason(error: BaseException, step_dir: str) -> tuple[str, str]:
   """(file or directory to blame, one-line reason) of an Orbax read error."""
   root = error
@@ -130,7 +148,7 @@ def _short_reason(error: BaseException, step_dir: str) -> tuple[str, str]:
   texts = [str(e) for e in (error, root)]
   paths = re.findall(re.escape(step_dir) + r"/[^\s\"'\]\[,;]+", " ".join(texts))
   files = [p for p in paths if os.path.isfile(p)]
-  blamed = max(files or paths or [step_dir], key=len)
+  blamed = max(files or paths or [_unparsable_json(step_dir)], key=len)
   reason = str(root).split(" [tensorstore_spec")[0].splitlines()[0]
   reason = reason.rsplit(f'{blamed}"', 1)[-1].lstrip(": ")
   if len(reason) > 100:

@@ -179,13 +179,15 @@ def field_names(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def unknown_field(config: ml_collections.ConfigDict, field: str) -> str | None:
-  """ "unknown config field 'x' (did you mean ...?)" when the dotted `field`
-  is not in `config`, else None."""
+  """The one-line error of a dotted `field` that `config` lacks ("unknown
+  config field 'x' (did you mean ...?)"), else None."""
   node = config
   for part in field.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       close = difflib.get_close_matches(field, field_names(config), n=3, cutoff=0.6)
-      guess = ", ".join(repr(name) for name in close) or "no close field name"
+      if not close:
+        return f"unknown config field {field!r} (none is close; see configs/base.py)"
+      guess = ", ".join(repr(name) for name in close)
       return f"unknown config field {field!r} (did you mean {guess}?)"
     node = node[part]
   return None
@@ -239,7 +241,7 @@ def config_argument(config: ml_collections.ConfigDict) -> str:
   line (file and overrides) once it is parsed, else the standard config
   file of the method and dataset."""
   flag = flags.FLAGS["config"] if "config" in flags.FLAGS else None
-  if flags.FLAGS.is_parsed() and config_flags.is_config_flag(flag):
+  if flags.FLAGS.is_parsed() and hasattr(flag, "config_filename"):
     overrides = [
       f"--config.{field}={shlex.quote(str(value))}"
       for field, value in config_flags.get_override_values(flag).items()
@@ -262,7 +264,7 @@ def prepare_command(dataset_config: ml_collections.ConfigDict) -> str:
   this run's --config arguments once mipae_jax.main parsed them, else the
   dataset's MIPAE config with its dataset fields."""
   flag = flags.FLAGS["config"] if "config" in flags.FLAGS else None
-  if flags.FLAGS.is_parsed() and config_flags.is_config_flag(flag):
+  if flags.FLAGS.is_parsed() and hasattr(flag, "config_filename"):
     workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else "DIR"
     return command(flag.value, workdir, "prepare")
   suffix = CONFIG_SUFFIXES.get(dataset_config.name, dataset_config.name)

@@ -18,6 +18,7 @@ import bisect
 import dataclasses
 import math
 import os
+import tempfile
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -151,6 +152,21 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
   return builder_cls(config=builder_config, data_dir=dataset_config.data_dir)
 
 
+def _check_buildable(builder: tfds.core.DatasetBuilder, dataset_config) -> None:
+  """A one-line error when the data dir cannot be written to."""
+  root = builder.data_dir_root
+  try:
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryFile(dir=root):
+      pass
+  except OSError as e:
+    raise PermissionError(
+      f"Cannot build {dataset_config.name}/{_builder_config_name(dataset_config)} "
+      f"in {root} ({e.strerror}); set --config.dataset.data_dir to a writable "
+      "directory."
+    ) from e
+
+
 def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
   """Returns the builder of `dataset_config`, building the data if needed.
 
@@ -171,6 +187,7 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
       "first use, or build it beforehand with "
       "mipae_jax.input_pipeline.prepare_dataset or --mode=prepare (README.md, Datasets)."
     )
+  _check_buildable(builder, dataset_config)
   download_config = tfds.download.DownloadConfig(manual_dir=dataset_config.manual_dir)
   if jax.process_count() > 1:
     if jax.process_index() == 0:

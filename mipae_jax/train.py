@@ -392,13 +392,22 @@ def init_state(
   return state, state_sharding
 
 
-def check_finite(values: dict[str, Any], step: int) -> None:
-  """The NaN/inf guard: raises before anything non-finite can be saved."""
+def _kept(latest: int | None) -> str:
+  return (
+    f"the latest checkpoint on disk (step {latest}) is intact"
+    if latest is not None
+    else "no checkpoint was saved yet"
+  )
+
+
+def check_finite(values: dict[str, Any], step: int, latest: int | None) -> None:
+  """The NaN/inf guard: raises before anything non-finite can be saved;
+  `latest` is the latest step on disk (None: none)."""
   bad = {k: float(v) for k, v in values.items() if not np.all(np.isfinite(v))}
   if bad:
     raise FloatingPointError(
       f"Non-finite training metrics at step {step}: {bad}. Training stopped; "
-      "the last checkpoint on disk is from before this and is intact."
+      f"{_kept(latest)}."
     )
 
 
@@ -419,10 +428,9 @@ def check_state_finite(state: Any, step: int, latest: int | None) -> None:
   if not bool(
     _all_finite((state.params, getattr(state, "batch_stats", {}), state.opt_state))
   ):
-    kept = f"step {latest}" if latest is not None else "none yet"
     raise FloatingPointError(
       f"Non-finite parameters or optimiser state at step {step}: not saved. "
-      f"Training stopped; the latest checkpoint on disk ({kept}) is intact."
+      f"Training stopped; {_kept(latest)}."
     )
 
 
@@ -548,7 +556,7 @@ def _train_loop(
         if step % config.log_every_steps == 0 or is_last or stopping:
           values = train_metrics.compute()
           check_state_finite(state, step, checkpoints.latest_step())
-          check_finite(values, step)
+          check_finite(values, step, checkpoints.latest_step())
           writer.write_scalars(step, {f"train_{k}": v for k, v in values.items()})
           train_metrics = None
         if jax.process_index() == 0 and (
@@ -557,7 +565,7 @@ def _train_loop(
           write_image_summaries(writer, step, networks, state, batch["video"])
         if step % config.checkpoint_every_steps == 0 or is_last or stopping:
           if train_metrics is not None:
-            check_finite(train_metrics.compute(), step)
+            check_finite(train_metrics.compute(), step, checkpoints.latest_step())
           check_state_finite(state, step, checkpoints.latest_step())
           checkpoints.save(step, state, train_iter)
         if stopping:

@@ -258,7 +258,7 @@ def _train_loop(
       stopping = preempted(step)
       if step % config.lstm.log_every_steps == 0 or is_last or stopping:
         values = train_metrics.compute()
-        train.check_finite(values, step)
+        train.check_finite(values, step, checkpoints.latest_step())
         scalars = {f"train_{k}": v for k, v in values.items()}
         per_step_mean = np.asarray(per_step_sum) / per_step_count
         scalars.update(
@@ -274,7 +274,7 @@ def _train_loop(
         )
       if step % config.lstm.checkpoint_every_steps == 0 or is_last or stopping:
         if train_metrics is not None:
-          train.check_finite(train_metrics.compute(), step)
+          train.check_finite(train_metrics.compute(), step, checkpoints.latest_step())
         checkpoints.save(step, state, train_iter)
       if stopping:
         logging.warning(
