@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +27,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mipae_jax import sharding
+from mipae_jax import config_validation, sharding
 
 # 2: one Adam state for E_c, E_p, D and one for the critic (the reference step).
 FORMAT_VERSION = 2
@@ -75,11 +74,7 @@ def exit_code(step: int, final_step: int) -> int:
 
 def check_writable(workdir: str) -> None:
   """Creates `workdir` if needed and checks that a file can be written there."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
+  if (e := config_validation.unwritable(workdir)) is not None:
     raise PermissionError(
       f"Cannot write to the workdir {workdir} ({e.strerror}); use a writable --workdir."
     ) from e

@@ -5,8 +5,10 @@ hints of other errors print."""
 
 import difflib
 import importlib.util
+import os
 import shlex
 import sys
+import tempfile
 from typing import Any
 
 import ml_collections
@@ -131,6 +133,18 @@ def validate_lstm(config: ml_collections.ConfigDict) -> None:
   )
   _require(config.lstm.learning_rate > 0, "config.lstm.learning_rate must be > 0.")
   _restore_step(config, "lstm.restore_step")
+
+
+def unwritable(path: str) -> OSError | None:
+  """Creates `path` if needed; the OSError that writing a file there raises,
+  or None when it can be written to."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    return e
+  return None
 
 
 def check_dataset(config: ml_collections.ConfigDict, info: Any) -> None:

@@ -18,7 +18,6 @@ import bisect
 import dataclasses
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -155,11 +154,7 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
 def _check_buildable(builder: tfds.core.DatasetBuilder, dataset_config) -> None:
   """A one-line error when the data dir cannot be written to."""
   root = builder.data_dir_root
-  try:
-    os.makedirs(root, exist_ok=True)
-    with tempfile.TemporaryFile(dir=root):
-      pass
-  except OSError as e:
+  if (e := config_validation.unwritable(root)) is not None:
     raise PermissionError(
       f"Cannot build {dataset_config.name}/{_builder_config_name(dataset_config)} "
       f"in {root} ({e.strerror}); set --config.dataset.data_dir to a writable "

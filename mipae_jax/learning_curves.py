@@ -114,27 +114,25 @@ def score_checkpoints(
     else []
   )
   done = {s["step"] for s in scores}
-  checkpoints = checkpointing.Checkpointer(workdir, config, info)
-  steps = [s for s in sorted(checkpoints.manager.all_steps()) if s not in done]
-  checkpoints.close()
+  with checkpointing.Checkpointer(workdir, config, info) as checkpoints:
+    steps = [s for s in sorted(checkpoints.manager.all_steps()) if s not in done]
   if not steps:
     logging.info("Every checkpoint of %s is scored already.", workdir)
     return sorted(scores, key=lambda s: s["step"])
   video = _test_videos(config, mesh, num_videos, num_frames)
-  reconstruct = None
+  reconstruct = swap_decode = None
   for step in steps:
     networks, main, _ = train.load_main_network(config, workdir, info, step=step)
-    if reconstruct is None:
+    if reconstruct is None:  # jitted once: every step has the same networks
       reconstruct = jax.jit(functools.partial(_reconstruct, networks))
+      swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
     reconstructed = np.asarray(reconstruct(main["params"], main["batch_stats"], video))
     row = {"step": step, "method": config.method}
     row.update(reconstruction_errors(reconstructed, video))
     mig, _ = evaluate.evaluate_mig(config, info, networks, main, mesh)
     row.update({k: v for k, v in mig.items() if isinstance(v, float)})
     grid = np.asarray(
-      jax.jit(functools.partial(autoencoder.swap_decode, networks))(
-        main["params"], main["batch_stats"], video[:4, 0], video[0, :8]
-      )
+      swap_decode(main["params"], main["batch_stats"], video[:4, 0], video[0, :8])
     )
     image = visualize.swap_grid_image(video[:4, 0], video[0, :8], grid)
     (out_dir / f"swap_grid_{step:07d}.png").write_bytes(visualize.encode_png(image))

@@ -275,6 +275,7 @@ def _train_loop(
       if step % config.lstm.checkpoint_every_steps == 0 or is_last or stopping:
         if train_metrics is not None:
           train.check_finite(train_metrics.compute(), step, checkpoints.latest_step())
+        train.check_state_finite(state, step, checkpoints.latest_step())
         checkpoints.save(step, state, train_iter)
       if stopping:
         logging.warning(
