@@ -30,9 +30,13 @@ CONFIG_SUFFIXES = {
 }
 
 
+class ConfigError(ValueError):
+  """A config value that cannot run, named in one line."""
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
-    raise ValueError(f"Bad config: {message}")
+    raise ConfigError(f"Bad config: {message}")
 
 
 def _choice(

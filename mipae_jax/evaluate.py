@@ -79,7 +79,7 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
 
   def require(ok: bool, message: str) -> None:
     if not ok:
-      raise ValueError(f"Bad config: {message}")
+      raise config_validation.ConfigError(f"Bad config: {message}")
 
   for field in ("num_context", "num_future", "batch_size"):
     value = ev[field]
@@ -129,14 +129,14 @@ def check_eval_data(config: ml_collections.ConfigDict, info: Any) -> int:
   horizon = config.eval.num_context + config.eval.num_future
   name = f"{config.dataset.name}/{_builder_config_name(config)}"
   if horizon > info.seq_len:
-    raise ValueError(
+    raise config_validation.ConfigError(
       f"Bad config: eval.num_context + eval.num_future = {horizon} frames, but the "
       f"test videos of {name} have {info.seq_len}; lower eval.num_future."
     )
   if info.num_test < 1:
     raise ValueError(f"The test split of {name} is empty: nothing to evaluate.")
   if config.eval.num_sequences > info.num_test:
-    raise ValueError(
+    raise config_validation.ConfigError(
       f"Bad config: eval.num_sequences={config.eval.num_sequences} exceeds the "
       f"{info.num_test} test videos of {name}; use -1 for all of them."
     )

@@ -7,6 +7,9 @@ python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode
 python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=curves
 """
 
+import os
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -74,6 +77,32 @@ def main(argv: list[str]) -> int | None:
     evaluate.evaluate(config, FLAGS.workdir)
 
 
+def _one_line_errors(argv: list[str]) -> int | None:
+  """main(argv), but an error of ours (bad config, corrupt data or checkpoint,
+  unwritable workdir) ends the output as its one line: printed after every
+  log line, then the process exits 1 at once, before Orbax's and
+  tensorstore's background threads can print their own failures after it.
+  Open checkpoint managers were already closed by main's finally blocks."""
+  from mipae_jax import checkpointing, input_pipeline
+
+  try:
+    return main(argv)
+  except (
+    checkpointing.CheckpointError,
+    config_validation.ConfigError,
+    input_pipeline.CorruptDataError,
+    PermissionError,
+    FloatingPointError,
+  ) as error:
+    logging.flush()
+    sys.stdout.flush()
+    name = f"{type(error).__module__}.{type(error).__qualname__}"
+    name = name.removeprefix("builtins.")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    print(f"{name}: {first}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=config_validation.parse_flags)
+  app.run(_one_line_errors, flags_parser=config_validation.parse_flags)

@@ -1031,7 +1031,7 @@ def main(argv: Sequence[str]) -> None:
     )
   except StageIncomplete as error:
     logging.warning("%s", error)
-    sys.exit(1)
+    sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
   print(f"Report: {path}")
 
 
