@@ -9,7 +9,7 @@ setup(
   long_description=open("README.md").read(),
   long_description_content_type="text/markdown",
   python_requires=">=3.10",
-  packages=find_packages(include=["mipae_jax", "mipae_jax.*", "configs"]),
+  packages=find_packages(include=["mipae_jax", "mipae_jax.*"]),
   install_requires=[
     "jax>=0.7",
     "flax>=0.10",

@@ -28,8 +28,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs import drnet_dsprites, mipae_dsprites  # noqa: E402
-from mipae_jax import input_pipeline, sharding, train  # noqa: E402
+from mipae_jax import input_pipeline, sharding, train, train_state  # noqa: E402
+from mipae_jax.configs import drnet_dsprites, mipae_dsprites  # noqa: E402
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -106,7 +106,7 @@ class _Epochs:
 def train_ours(config, videos) -> list[dict]:
   mesh = sharding.create_mesh()
   networks = build_networks(config, 3)
-  state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
+  state, state_sharding = train_state.init_state(networks, config, mesh, (64, 64, 3))
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
   batches = _Epochs(
     videos, FLAGS.batch_size, FLAGS.seed + 1, sharding.batch_sharding(mesh)

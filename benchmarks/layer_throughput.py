@@ -36,6 +36,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mipae_jax.models import dcgan, layers  # noqa: E402
+from mipae_jax.models.cpu_conv import forms  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["100", "16"], "Batch sizes.")
@@ -50,17 +51,17 @@ _STRIDED = dict(kernel_size=(4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
 _VALID = dict(kernel_size=(4, 4), padding="VALID")
 _UP_STRIDED = dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
 
-# name, layer class, input [H, W, C], features, settings, gradient w.r.t. input.
+# name, layer factory, input [H, W, C], features, settings, gradient w.r.t. input.
 _LAYERS = (
-  ("enc1 64x64x3->32x32x64", layers.Conv2D, (64, 64, 3), 64, _STRIDED, False),
-  ("enc2 32x32x64->16x16x128", layers.Conv2D, (32, 32, 64), 128, _STRIDED, True),
-  ("enc3 16x16x128->8x8x256", layers.Conv2D, (16, 16, 128), 256, _STRIDED, True),
-  ("enc4 8x8x256->4x4x512", layers.Conv2D, (8, 8, 256), 512, _STRIDED, True),
-  ("enc5 4x4x512->1x1x128", layers.Conv2D, (4, 4, 512), 128, _VALID, True),
-  ("dec1 1x1x133->4x4x512", layers.ConvTranspose2D, (1, 1, 133), 512, _VALID, True),
+  ("enc1 64x64x3->32x32x64", layers.conv, (64, 64, 3), 64, _STRIDED, False),
+  ("enc2 32x32x64->16x16x128", layers.conv, (32, 32, 64), 128, _STRIDED, True),
+  ("enc3 16x16x128->8x8x256", layers.conv, (16, 16, 128), 256, _STRIDED, True),
+  ("enc4 8x8x256->4x4x512", layers.conv, (8, 8, 256), 512, _STRIDED, True),
+  ("enc5 4x4x512->1x1x128", layers.conv, (4, 4, 512), 128, _VALID, True),
+  ("dec1 1x1x133->4x4x512", layers.conv_transpose, (1, 1, 133), 512, _VALID, True),
   (
     "dec2 4x4x512->8x8x256",
-    layers.ConvTranspose2D,
+    layers.conv_transpose,
     (4, 4, 512),
     256,
     _UP_STRIDED,
@@ -68,7 +69,7 @@ _LAYERS = (
   ),
   (
     "dec3 8x8x256->16x16x128",
-    layers.ConvTranspose2D,
+    layers.conv_transpose,
     (8, 8, 256),
     128,
     _UP_STRIDED,
@@ -76,7 +77,7 @@ _LAYERS = (
   ),
   (
     "dec4 16x16x128->32x32x64",
-    layers.ConvTranspose2D,
+    layers.conv_transpose,
     (16, 16, 128),
     64,
     _UP_STRIDED,
@@ -84,7 +85,7 @@ _LAYERS = (
   ),
   (
     "dec5 32x32x64->64x64x3",
-    layers.ConvTranspose2D,
+    layers.conv_transpose,
     (32, 32, 64),
     3,
     _UP_STRIDED,
@@ -106,16 +107,12 @@ _SWEEP = (
 _SWEEP_TAG = "SWEEP"
 
 
-def _conv_flops(module: nn.Module, x: jax.Array) -> float:
+def _conv_flops(module: nn.Module, x: jax.Array, transposed: bool) -> float:
   """Forward FLOPs, not counting products with the transposed conv's zeros."""
   y = jax.eval_shape(module.init_with_output, jax.random.key(0), x)[0]
   kh, kw = module.kernel_size
   # A conv spends kh*kw*C MACs per output pixel, a transposed conv per input.
-  pixels = (
-    x.shape[1] * x.shape[2]
-    if isinstance(module, layers.ConvTranspose2D)
-    else y.shape[1] * y.shape[2]
-  )
+  pixels = x.shape[1] * x.shape[2] if transposed else y.shape[1] * y.shape[2]
   return 2.0 * x.shape[0] * pixels * kh * kw * x.shape[3] * module.features
 
 
@@ -149,12 +146,12 @@ def _grad_fn(
 @contextlib.contextmanager
 def _winograd_off():
   """Layers built (traced) inside take the fast forms other than Winograd's."""
-  saved = layers.WINOGRAD_MIN_CHANNELS
-  layers.WINOGRAD_MIN_CHANNELS = sys.maxsize
+  saved = forms.WINOGRAD_MIN_CHANNELS
+  forms.WINOGRAD_MIN_CHANNELS = sys.maxsize
   try:
     yield
   finally:
-    layers.WINOGRAD_MIN_CHANNELS = saved
+    forms.WINOGRAD_MIN_CHANNELS = saved
 
 
 def _best_times(fns: dict[str, Callable[[], jax.Array]], rounds: int) -> dict:
@@ -182,10 +179,10 @@ def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
   """(name, plain s, fast s, fast-without-Winograd s, fwd+bwd GFLOP) of each
   DCGAN convolution."""
   rows = []
-  for name, cls, in_shape, features, settings, with_input in _LAYERS:
+  for name, make, in_shape, features, settings, with_input in _LAYERS:
     x = jnp.asarray(np.random.RandomState(0).randn(batch, *in_shape), dtype)
     modules = {
-      impl: cls(features, impl=impl, dtype=dtype, **settings)
+      impl: make(features, impl=impl, dtype=dtype, **settings)
       for impl in ("plain", "fast")
     }
     fns = {impl: _grad_fn(module, (x,), with_input) for impl, module in modules.items()}
@@ -193,7 +190,8 @@ def time_layers(batch: int, dtype: jnp.dtype, rounds: int) -> list[tuple]:
       fns["no_winograd"] = _grad_fn(modules["fast"], (x,), with_input)
     best = _best_times(fns, rounds)
     # Backward: one product like the forward per gradient taken.
-    flops = _conv_flops(modules["plain"], x) * (3 if with_input else 2)
+    transposed = make is layers.conv_transpose
+    flops = _conv_flops(modules["plain"], x, transposed) * (3 if with_input else 2)
     rows.append((name, best["plain"], best["fast"], best["no_winograd"], flops / 1e9))
   return rows
 

@@ -34,8 +34,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs import drnet_dsprites, mipae_dsprites  # noqa: E402
-from mipae_jax import predict, sharding, train, train_lstm  # noqa: E402
+from mipae_jax import predict, sharding, train, train_lstm, train_state  # noqa: E402
+from mipae_jax.configs import drnet_dsprites, mipae_dsprites  # noqa: E402
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -96,7 +96,7 @@ def time_main_step(method: str, batch_size: int, conv_impl: str, dtype: str):
   config.model.dtype = dtype
   mesh = sharding.create_mesh()
   networks = build_networks(config, 3)
-  state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
+  state, state_sharding = train_state.init_state(networks, config, mesh, (64, 64, 3))
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
   direct_step = train.make_train_step(
     _plain_networks(config), config, mesh, state_sharding
@@ -126,10 +126,10 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   config.lstm.batch_size = batch_size
   mesh = sharding.create_mesh()
   networks = build_networks(config, 3)
-  main_state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
+  main_state, _ = train_state.init_state(networks, config, mesh, (64, 64, 3))
   main = {"params": main_state.params, "batch_stats": main_state.batch_stats}
-  predictor = predict.Predictor(networks, train_lstm.build_pose_lstm(config))
-  lstm_state = train_lstm.create_lstm_state(
+  predictor = predict.Predictor(networks, train_state.build_pose_lstm(config))
+  lstm_state = train_state.create_lstm_state(
     predictor.pose_lstm, config, jax.random.PRNGKey(1)
   )
   video = np.random.default_rng(0).integers(
@@ -158,7 +158,7 @@ def time_lstm(batch_size: int, horizon: int, context: int = 5):
   holder = [lstm_state]
 
   def run_step():
-    holder[0], metrics, _ = step_fn(main, holder[0], batch)
+    holder[0], metrics = step_fn(main, holder[0], batch)
     jax.block_until_ready(metrics)
 
   step_seconds = _median_seconds(run_step, FLAGS.steps)

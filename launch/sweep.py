@@ -20,9 +20,9 @@ and the command of each stage:
       --workdir=/tmp/mi_sweep/mi_weight=0.0001,seed=1 --mode=train
       --config.num_train_steps=200 --config.loss.mi_weight=0.0001 --config.seed=1
 
-then `python -m mipae_jax.evaluate --compare` over the six workdirs. Drop
---dry-run to run them; add --mode=slurm --sbatch_option=--partition=gpu to
-submit a 6-task array instead. A SLURM task runs its run with
+then `python -m mipae_jax.main --mode=compare --workdirs=...` over the six
+workdirs. Drop --dry-run to run them; add --mode=slurm
+--sbatch_option=--partition=gpu to submit a 6-task array instead. A SLURM task runs its run with
 `launch/sweep.py --run_from=ROOT/sweep.json --task_id=$SLURM_ARRAY_TASK_ID`.
 """
 
@@ -40,12 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 # Run as a script, this file does not put the repository root on sys.path;
-# `mipae_jax` and the configs' own imports (`from configs import base`) need it,
-# as they have it under `python -m mipae_jax.main` run from the root.
+# `mipae_jax` and the configs' own imports (`from mipae_jax.configs import
+# base`) need it in a checkout that is not pip-installed, as they have it under
+# `python -m mipae_jax.main` run from the root.
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from mipae_jax import sweeps  # noqa: E402
+from mipae_jax import config_fields, config_validation, sweeps  # noqa: E402
 
 STAGES = ("train", "train_lstm", "eval")
 SWEEP_FILE = "sweep.json"
@@ -85,11 +86,12 @@ def _call_with_arg(function: Any, arg: str | None) -> Any:
 
 
 def _check_field(config: Any, field: str, config_spec: str) -> None:
-  node = config
-  for part in field.split("."):
-    if not hasattr(node, "keys") or part not in node.keys():
-      raise SweepError(f"Sweep field {field!r} is not a field of {config_spec}.")
-    node = node[part]
+  try:
+    config_fields.get_field(config, field)
+  except ValueError as error:
+    raise SweepError(
+      f"Sweep field {field!r} is not a field of {config_spec}."
+    ) from error
 
 
 def load_sweep(config_spec: str) -> list[sweeps.Overrides]:
@@ -167,10 +169,10 @@ def build_runs(
 
 
 def compare_command(python: str, runs: Sequence[Run]) -> list[str]:
-  """The evaluation command that prints one table over the runs' workdirs."""
-  return [python, "-m", "mipae_jax.evaluate", "--compare"] + [
-    run.workdir for run in runs
-  ]
+  """The command that prints one table over the runs' workdirs (run names
+  hold commas: --workdirs quotes them, CSV style)."""
+  workdirs = config_validation.list_value([run.workdir for run in runs])
+  return [python, "-m", "mipae_jax.main", "--mode=compare", f"--workdirs={workdirs}"]
 
 
 def sweep_record(runs: Sequence[Run], compare: list[str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The trained main network in inference mode: encode, decode, swap.
 
-Pure functions of (params, batch_stats) dicts keyed by network name, used by
-image summaries, the pose LSTM stage, prediction and evaluation.
+Pure functions of the state's (params, batch_stats) dicts, each one
+`MainNetwork.apply(..., method=...)` call, used by image summaries, the pose
+LSTM stage, prediction and evaluation.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mipae_jax.models import layers
+from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks
 
 Variables = dict[str, Any]
@@ -21,10 +23,6 @@ def to_float_frames(frames: jnp.ndarray) -> jnp.ndarray:
   if frames.dtype == jnp.uint8:
     return frames.astype(jnp.float32) / 255.0
   return frames.astype(jnp.float32)
-
-
-def _variables(params: Variables, batch_stats: Variables, name: str) -> Variables:
-  return {"params": params[name], "batch_stats": batch_stats[name]}
 
 
 def _in_calls(
@@ -53,31 +51,43 @@ def _in_calls(
   )
 
 
+def _main_variables(params: Variables, batch_stats: Variables) -> Variables:
+  """The MainNetwork's variables out of the state's (which hold the critic)."""
+  return {
+    "params": {k: v for k, v in params.items() if k != "critic"},
+    "batch_stats": batch_stats,
+  }
+
+
+def _encode(
+  networks: Networks,
+  params: Variables,
+  batch_stats: Variables,
+  frames: jnp.ndarray,
+  method: Callable[..., Any],
+) -> Any:
+  """A MainNetwork encoder `method` of frames [N, H, W, C], in inference
+  mode and in calls of networks.inference_frames_per_call."""
+  variables = _main_variables(params, batch_stats)
+
+  def encode(chunk):
+    return networks.main.apply(variables, to_float_frames(chunk), method=method)
+
+  return _in_calls(encode, frames, networks.inference_frames_per_call)
+
+
 def encode_content(
   networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
 ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
   """E_c(x) for frames [N, H, W, C]: (z_c [N, |z_c|], skips)."""
-  variables = _variables(params, batch_stats, "content_encoder")
-
-  def encode(chunk):
-    return networks.content_encoder.apply(
-      variables, to_float_frames(chunk), train=False
-    )
-
-  return _in_calls(encode, frames, networks.inference_frames_per_call)
+  return _encode(networks, params, batch_stats, frames, MainNetwork.encode_content)
 
 
 def encode_pose(
   networks: Networks, params: Variables, batch_stats: Variables, frames: jnp.ndarray
 ) -> jnp.ndarray:
   """E_p(x) for frames [N, H, W, C]: z_p [N, |z_p|]."""
-  variables = _variables(params, batch_stats, "pose_encoder")
-
-  def encode(chunk):
-    out = networks.pose_encoder.apply(variables, to_float_frames(chunk), train=False)
-    return out[0] if isinstance(out, tuple) else out
-
-  return _in_calls(encode, frames, networks.inference_frames_per_call)
+  return _encode(networks, params, batch_stats, frames, MainNetwork.encode_pose)
 
 
 def decode(
@@ -89,12 +99,12 @@ def decode(
   skips: tuple[jnp.ndarray, ...] | None,
 ) -> jnp.ndarray:
   """D(z_c, z_p): frames [N, H, W, C] in [0, 1]."""
-  return networks.decoder.apply(
-    _variables(params, batch_stats, "decoder"),
+  return networks.main.apply(
+    _main_variables(params, batch_stats),
     content_code,
     pose_code,
-    skips if networks.skip_connections else None,
-    train=False,
+    skips,
+    method=MainNetwork.decode,
   )
 
 

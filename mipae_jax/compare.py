@@ -9,7 +9,7 @@ floor on the same frames (oracle and swapped codes), then PSNR / SSIM / LPIPS
 (Fig. 5). MIG on Moving MNIST uses only the digit labels
 as content factors and is marked "partial". Command line:
 
-  python -m mipae_jax.evaluate --compare DIR1 DIR2 ... [--output OUT]
+  python -m mipae_jax.main --mode=compare --workdirs=DIR1,DIR2,... [--workdir=OUT]
 """
 
 import json
@@ -19,10 +19,9 @@ from typing import Any
 
 from etils import epath
 
-from mipae_jax import visualize
+from mipae_jax import paper, visualize
 
 TABLE_FRAMES = (1, 10, 30)
-MIG_TERMS = ("I(f_c,z_c)", "I(f_c,z_p)", "I(f_p,z_c)", "I(f_p,z_p)", "H(f_c)", "H(f_p)")
 FRAME_METRICS = {
   "psnr": ("PSNR", 2),
   "ssim": ("SSIM", 4),
@@ -54,8 +53,20 @@ def number(value: float | None, digits: int, ci95: float | None = None) -> str:
 
 
 def mig_cell(mig: dict[str, Any], term: str, digits: int = 4) -> str:
-  """One MIG term of an evaluation's "mig" entry, with its interval."""
-  return number(mig.get(term), digits, mig.get(f"{term}_ci95"))
+  """One MIG term of an evaluation's "mig" entry, with its interval; MIG
+  itself marked "(partial)" when only some factors were scored."""
+  cell = number(mig.get(term), digits, mig.get(f"{term}_ci95"))
+  return cell + " (partial)" * (term == "MIG" and bool(mig.get("partial")))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A GitHub Markdown table of text cells (a "|" in a cell escaped)."""
+
+  def line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+  separator = "|" + "|".join("---" for _ in header) + "|"
+  return "\n".join([line(header), separator, *(line(row) for row in rows)])
 
 
 def _frame_value(run_metrics: dict[str, Any], name: str, frame: int) -> str:
@@ -88,8 +99,7 @@ def comparison_table(
     "Dataset",
     "Main step",
     "LSTM step",
-    *MIG_TERMS,
-    "MIG",
+    *paper.MIG_TERMS,
     "Oracle MIG",
     "Swapped MIG",
     "MIG factors",
@@ -99,9 +109,6 @@ def comparison_table(
   for m in metrics_list:
     mig = m["mig"] or {}
     partial = mig.get("partial")
-    mig_value = mig_cell(mig, "MIG")
-    if partial:
-      mig_value += " (partial)"
     factors = _MISSING if partial is None else "partial" if partial else "full"
     rows.append(
       [
@@ -110,8 +117,7 @@ def comparison_table(
         f"{m['dataset']}/{m['builder_config']}",
         str(m["main_step"]),
         str(m["lstm_step"]),
-        *(mig_cell(mig, term) for term in MIG_TERMS),
-        mig_value,
+        *(mig_cell(mig, term) for term in paper.MIG_TERMS),
         mig_cell(mig, "oracle_MIG"),
         mig_cell(mig, "swapped_MIG"),
         factors,
@@ -123,13 +129,7 @@ def comparison_table(
 
 def comparison_table_markdown(metrics_list: Sequence[dict[str, Any]]) -> str:
   """The comparison table in GitHub Markdown."""
-  header, rows = comparison_table(metrics_list)
-
-  def line(cells: list[str]) -> str:
-    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-  separator = "|" + "|".join("---" for _ in header) + "|"
-  return "\n".join([line(header), separator, *(line(row) for row in rows)]) + "\n"
+  return markdown_table(*comparison_table(metrics_list)) + "\n"
 
 
 def comparison_table_text(metrics_list: Sequence[dict[str, Any]]) -> str:

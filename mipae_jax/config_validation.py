@@ -3,12 +3,15 @@ one line that names the field and the allowed values; the command-line
 parser that names an unknown `--config.*` field; and the commands that the
 hints of other errors print."""
 
+import csv
 import difflib
 import importlib.util
+import io
 import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -19,7 +22,7 @@ METHODS = ("mipae", "drnet")
 ARCHITECTURES = ("dcgan", "vgg_resnet")
 RECON_TARGETS = ("offset", "same")
 MARGINAL_PAIRS = ("permutation", "derangement")
-CONV_IMPLS = ("fast", "plain")
+CONV_IMPLS = ("auto", "fast", "plain")
 DTYPES = ("float32", "bfloat16")
 DATASETS = ("moving_mnist", "moving_dsprites", "moving_mpi3d")
 # Dataset name -> suffix of its configs/{method}_{suffix}.py.
@@ -80,9 +83,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "loss.marginal_pairs", MARGINAL_PAIRS)
   frames_per_call = config.model.inference_frames_per_call
   _require(
-    isinstance(frames_per_call, int) and frames_per_call >= 0,
-    f"config.model.inference_frames_per_call={frames_per_call!r} must be an "
-    "integer >= 0 (0: all frames in one call).",
+    frames_per_call == "auto"
+    or (isinstance(frames_per_call, int) and frames_per_call >= 0),
+    f"config.model.inference_frames_per_call={frames_per_call!r} must be 'auto' "
+    "or an integer >= 0 (0: all frames in one call).",
   )
   _positive(
     config,
@@ -257,16 +261,32 @@ def parse_flags(argv: list[str]) -> list[str]:
 def config_argument(config: ml_collections.ConfigDict) -> str:
   """The --config arguments of this run: those of mipae_jax.main's command
   line (file and overrides) once it is parsed, else the standard config
-  file of the method and dataset."""
+  file of the method and dataset. Under --mode=reproduce, whose --config is
+  one method's file, another method's run gets its own file, beside that
+  one, with the same variant and overrides."""
   flag = flags.FLAGS["config"] if "config" in flags.FLAGS else None
+  suffix = CONFIG_SUFFIXES.get(config.dataset.name, config.dataset.name)
   if flags.FLAGS.is_parsed() and hasattr(flag, "config_filename"):
+    spec = config_flags.get_config_filename(flag)
+    if flag.value is not None and flag.value.get("method") != config.method:
+      path, colon, variant = spec.partition(":")
+      path = os.path.join(os.path.dirname(path), f"{config.method}_{suffix}.py")
+      spec = f"{path}{colon}{variant}"
     overrides = [
       f"--config.{field}={shlex.quote(str(value))}"
       for field, value in config_flags.get_override_values(flag).items()
     ]
-    return " ".join([f"--config={config_flags.get_config_filename(flag)}", *overrides])
-  suffix = CONFIG_SUFFIXES.get(config.dataset.name, config.dataset.name)
+    return " ".join([f"--config={spec}", *overrides])
   return f"--config=configs/{config.method}_{suffix}.py"
+
+
+def list_value(values: Sequence[str]) -> str:
+  """`values` as the value of an absl list flag (mipae_jax.main's
+  --workdirs), which splits it as CSV: comma-separated, a value holding a
+  comma or a double quote in double quotes."""
+  text = io.StringIO()
+  csv.writer(text, lineterminator="").writerow(values)
+  return text.getvalue()
 
 
 def command(config: ml_collections.ConfigDict, workdir: str, mode: str) -> str:

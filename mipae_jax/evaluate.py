@@ -2,22 +2,19 @@
 Table I), swap grids (Figs. 3, 4, 6) and prediction strips.
 
   python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
-  python -m mipae_jax.evaluate --compare DIR1 DIR2 ... [--output OUT]
+  python -m mipae_jax.main --mode=compare --workdirs=DIR1,DIR2,... [--workdir=OUT]
 
 `evaluate` restores the main network (config.eval.step, -1 latest) and the
 latest pose LSTM of a workdir, predicts num_future frames from num_context
 test frames (content never seen in training) and scores every predicted
 frame; it encodes num_mig_frames single test frames for MIG. Everything goes
 to DIR/eval: metrics.json, frame_metrics.csv, PNGs, and TensorBoard events
-(`eval_` tags). `--compare` tabulates several such workdirs (see compare.py).
+(`eval_` tags). `--mode=compare` tabulates several such workdirs (compare.py;
+`python -m mipae_jax.evaluate --compare DIR1 DIR2 ...` is an alias).
 """
 
-import argparse
-import csv
 import dataclasses
 import functools
-import io
-import json
 import math
 import operator
 import os
@@ -31,45 +28,28 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
-from etils import epath
 from jax.experimental import multihost_utils
 
 from mipae_jax import (
   autoencoder,
-  compare,
   config_validation,
+  eval_outputs,
   input_pipeline,
   metrics,
   mig_frames,
   predict,
+  restore,
   sharding,
-  train,
-  train_lstm,
-  visualize,
+)
+from mipae_jax.eval_outputs import (
+  MIG_TAGS,
+  STRIP_SEQUENCES,
+  SWAP_CONTENT_ROWS,
+  json_ready,
 )
 from mipae_jax.models.networks import Networks
 
-EVAL_DIR = "eval"
-METRICS_FILE = "metrics.json"
-CSV_FILE = "frame_metrics.csv"
 LPIPS_NETS = ("alex", "vgg")
-# Rows and columns of the swap grid, sequences in the prediction strips.
-SWAP_CONTENT_ROWS = 6
-SWAP_POSE_COLUMNS = 8
-STRIP_SEQUENCES = 4
-# TensorBoard tag of each Table I term.
-MIG_TAGS = {
-  "I(f_c,z_c)": "I_fc_zc",
-  "I(f_c,z_p)": "I_fc_zp",
-  "I(f_p,z_c)": "I_fp_zc",
-  "I(f_p,z_p)": "I_fp_zp",
-  "H(f_c)": "H_fc",
-  "H(f_p)": "H_fp",
-  "MIG": "MIG",
-  "oracle_MIG": "oracle_MIG",
-  "swapped_MIG": "swapped_MIG",
-}
 _PROGRESS_EVERY_S = 30.0
 
 
@@ -158,11 +138,6 @@ def _builder_config_name(config: ml_collections.ConfigDict) -> str:
 def _gather(tree: Any) -> Any:
   """Global (possibly multi-host) arrays as whole NumPy arrays on every host."""
   return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def _local_copy(tree: Any) -> Any:
-  """One device's copy of replicated arrays, for process-0-only rendering."""
-  return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
 def _as_rgb(frames: jax.Array) -> jax.Array:
@@ -413,112 +388,6 @@ def table_row(result: dict[str, Any]) -> dict[str, Any]:
   }
 
 
-def _json_ready(value: Any) -> Any:
-  """Non-finite floats as None (strict JSON), NumPy scalars as Python ones."""
-  if isinstance(value, dict):
-    return {key: _json_ready(item) for key, item in value.items()}
-  if isinstance(value, list | tuple):
-    return [_json_ready(item) for item in value]
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def frame_metrics_csv(result: dict[str, Any]) -> str:
-  """One row per predicted frame: index, then mean and CI of each metric."""
-  curves = result["frame_metrics"]["curves"]
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(
-    ["frame", *(f"{name}_{part}" for name in curves for part in ("mean", "ci95"))]
-  )
-  for i, frame in enumerate(result["frame_metrics"]["frames"]):
-    row = [frame]
-    for curve in curves.values():
-      row += [curve["mean"][i], curve["ci95"][i]]
-    writer.writerow(["" if value is None else value for value in row])
-  return buffer.getvalue()
-
-
-def scalar_summaries(result: dict[str, Any]) -> dict[str, float]:
-  """TensorBoard scalars: per-frame curves, horizon means, the MIG terms."""
-  scalars = {}
-  frames = result["frame_metrics"]["frames"]
-  for name, curve in result["frame_metrics"]["curves"].items():
-    for frame, mean in zip(frames, curve["mean"], strict=True):
-      scalars[f"eval_{name}/frame_{frame:02d}"] = mean
-    scalars[f"eval_{name}/horizon_mean"] = curve["horizon_mean"]
-  if result["mig"]:
-    group = "eval_mig_partial" if result["mig"]["partial"] else "eval_mig"
-    for term, tag in MIG_TAGS.items():
-      scalars[f"{group}/{tag}"] = result["mig"][term]
-      scalars[f"{group}/{tag}_ci95"] = result["mig"][f"{term}_ci95"]
-  return {k: v for k, v in scalars.items() if v is not None}
-
-
-def _pictures(
-  networks: Networks,
-  main: dict[str, Any],
-  frames: FrameEvaluation,
-  num_context: int,
-) -> dict[str, np.ndarray]:
-  """The swap grid (Figs. 3, 4, 6) and the prediction strips, as [H, W, 3]."""
-  videos = frames.videos
-  pose_video = videos[0]
-  columns = np.linspace(0, len(pose_video) - 1, min(len(pose_video), SWAP_POSE_COLUMNS))
-  pose_frames = pose_video[np.round(columns).astype(int)]
-  # Content from the last context frame (the one prediction uses) of the
-  # other test videos; the pose video's own when it is the only one.
-  content_frames = videos[1:, num_context - 1] if len(videos) > 1 else videos[:1, 0]
-  local = _local_copy(main)
-  grid = jax.jit(functools.partial(autoencoder.swap_decode, networks))(
-    local["params"], local["batch_stats"], content_frames, pose_frames
-  )
-  shown = len(frames.predicted)
-  return {
-    "swap_grid": visualize.swap_grid_image(
-      content_frames, pose_frames, np.asarray(grid)
-    ),
-    "predictions": visualize.prediction_strips(
-      videos[:shown], frames.predicted, num_context
-    ),
-  }
-
-
-def _write_outputs(
-  result: dict[str, Any],
-  pictures: dict[str, np.ndarray],
-  workdir: str,
-) -> dict[str, str]:
-  """metrics.json, the CSV, the PNGs and TensorBoard events (process 0 only)."""
-  out_dir = epath.Path(workdir) / EVAL_DIR
-  out_dir.mkdir(parents=True, exist_ok=True)
-  files = {}
-  for name, image in pictures.items():
-    path = out_dir / f"{name}.png"
-    path.write_bytes(visualize.encode_png(image))
-    files[name] = str(path)
-  curve_paths = visualize.plot_curves([_json_ready(result)], out_dir)
-  files["curves"] = curve_paths
-  csv_path = out_dir / CSV_FILE
-  csv_path.write_text(frame_metrics_csv(_json_ready(result)))
-  files["csv"] = str(csv_path)
-
-  writer = metric_writers.create_default_writer(workdir, collection=EVAL_DIR)
-  step = result["main_step"]
-  writer.write_scalars(step, scalar_summaries(_json_ready(result)))
-  images = {f"eval_{name}": image[None] for name, image in pictures.items()}
-  for path in curve_paths:
-    name = os.path.basename(path).removesuffix(".png")
-    images[f"eval_{name}"] = visualize.decode_png(epath.Path(path).read_bytes())[None]
-  writer.write_images(step, images)
-  writer.flush()
-  writer.close()
-  return files
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the trained workdir on the test split; returns metrics.json's content.
 
@@ -539,10 +408,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   num_sequences = check_eval_data(config, info)
   num_context, num_future = config.eval.num_context, config.eval.num_future
 
-  networks, main, main_step = train.load_main_network(
+  networks, main, main_step = restore.load_main_network(
     config, workdir, info, step=config.eval.step
   )
-  pose_lstm, lstm_params, lstm_step = train_lstm.load_pose_lstm(
+  pose_lstm, lstm_params, lstm_step = restore.load_pose_lstm(
     config, workdir, info, main_step=main_step
   )
   restored = time.monotonic()
@@ -608,40 +477,69 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   result["table_i"] = table_row(result)
   if jax.process_index() == 0:
     pictures_start = time.monotonic()
-    pictures = _pictures(networks, main, frames, num_context)
-    result["files"] = _write_outputs(result, pictures, workdir)
+    # Jitted once for this evaluation's networks.
+    swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
+    pictures = eval_outputs.pictures(
+      swap_decode, main, frames.videos, frames.predicted, num_context
+    )
+    result["files"] = eval_outputs.write_outputs(result, pictures, workdir)
     timing["pictures_s"] = time.monotonic() - pictures_start
   timing["total_s"] = time.monotonic() - started
-  result = _json_ready(result)
+  result = json_ready(result)
   if jax.process_index() == 0:
-    (epath.Path(workdir) / EVAL_DIR / METRICS_FILE).write_text(
-      json.dumps(result, indent=2) + "\n"
-    )
+    eval_outputs.write_metrics(result, workdir)
   logging.info("Evaluation of %s done in %.1f s.", workdir, timing["total_s"])
   return result
 
 
+def main_argv(argv: Sequence[str]) -> list[str]:
+  """The `python -m mipae_jax.main` argv (program name first) of the old
+  command line `--compare DIR ... [--output OUT]`: `--mode=compare
+  --workdirs=DIR,... [--workdir=OUT]`; any other argument is passed on.
+
+  Raises:
+    ValueError: no workdir after --compare, --output without its value.
+  """
+  workdirs: list[str] = []
+  output: str | None = None
+  rest: list[str] = []
+  args = list(argv[1:])
+  while args:
+    arg = args.pop(0)
+    name, has_value, value = arg.partition("=")
+    if name == "--compare":
+      if has_value:
+        workdirs.append(value)
+      while args and not args[0].startswith("-"):
+        workdirs.append(args.pop(0))
+    elif name == "--output":
+      if not has_value:
+        if not args:
+          raise ValueError("--output needs a directory.")
+        value = args.pop(0)
+      output = value
+    else:
+      rest.append(arg)
+  if not workdirs:
+    raise ValueError("--compare needs at least one evaluated workdir.")
+  args = [argv[0], "--mode=compare"]
+  args.append(f"--workdirs={config_validation.list_value(workdirs)}")
+  if output is not None:
+    args.append(f"--workdir={output}")
+  return args + rest
+
+
 def main(argv: Sequence[str] | None = None) -> str:
-  """`--compare DIR ... [--output OUT]`: prints one table over evaluated runs."""
-  parser = argparse.ArgumentParser(
-    prog="python -m mipae_jax.evaluate",
-    description="Compare evaluated workdirs (their eval/metrics.json): one table "
-    "and overlaid per-frame curves. Evaluate a workdir with "
-    "`python -m mipae_jax.main --mode=eval`.",
-  )
-  parser.add_argument(
-    "--compare", nargs="+", required=True, metavar="DIR", help="evaluated workdirs"
-  )
-  parser.add_argument(
-    "--output",
-    default=None,
-    help="where comparison.md and the plots go (default: COMMON_PARENT/comparison)",
-  )
-  args = parser.parse_args(argv)
-  text = compare.compare(args.compare, args.output)
-  print(text)
-  return text
+  """The old command line `--compare DIR ... [--output OUT]` (the arguments
+  after the program name; default sys.argv[1:]) in this process:
+  mipae_jax.main.call of its main_argv; prints and returns the table."""
+  from mipae_jax import main as cli
+
+  args = sys.argv[1:] if argv is None else list(argv)
+  return cli.call(main_argv(["mipae_jax.evaluate", *args]))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from mipae_jax import main as cli
+
+  cli.alias_command_line(main_argv)

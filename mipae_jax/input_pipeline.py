@@ -180,7 +180,7 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
       f"{dataset_config.name}/{_builder_config_name(dataset_config)} is not built "
       f"in {builder.data_dir}; set config.dataset.prepare=True to build it on "
       "first use, or build it beforehand with "
-      "mipae_jax.input_pipeline.prepare_dataset or --mode=prepare (README.md, Datasets)."
+      "mipae_jax.input_pipeline.prepare_dataset or --mode=prepare (docs/datasets.md, 'Preparing data')."
     )
   _check_buildable(builder, dataset_config)
   download_config = tfds.download.DownloadConfig(manual_dir=dataset_config.manual_dir)

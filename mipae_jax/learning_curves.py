@@ -12,7 +12,7 @@ Each checkpoint gets:
 - its swap grid (content rows x pose columns) as a PNG.
 
   python -m mipae_jax.main --mode=curves --config=configs/mipae_dsprites.py:long_cpu \
-    --workdir=workdir_long/mipae --plot_with=workdir_long/drnet
+    --workdir=workdir_long/mipae --workdirs=workdir_long/drnet
 
 Scores go to WORKDIR/curves/scores.jsonl, one line per step; steps already
 scored are skipped, so the command can be rerun as training goes on.
@@ -39,10 +39,11 @@ from tensorboard.util import tensor_util
 from mipae_jax import (
   autoencoder,
   checkpointing,
+  eval_outputs,
   evaluate,
   input_pipeline,
+  restore,
   sharding,
-  train,
   visualize,
 )
 
@@ -122,7 +123,7 @@ def score_checkpoints(
   video = _test_videos(config, mesh, num_videos, num_frames)
   reconstruct = swap_decode = None
   for step in steps:
-    networks, main, _ = train.load_main_network(config, workdir, info, step=step)
+    networks, main, _ = restore.load_main_network(config, workdir, info, step=step)
     if reconstruct is None:  # jitted once: every step has the same networks
       reconstruct = jax.jit(functools.partial(_reconstruct, networks))
       swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
@@ -145,7 +146,7 @@ def score_checkpoints(
       row["recon_mse"],
     )
     with path.open("a") as f:
-      f.write(json.dumps(evaluate._json_ready(row)) + "\n")
+      f.write(json.dumps(eval_outputs.json_ready(row)) + "\n")
     scores.append(row)
   return sorted(scores, key=lambda s: s["step"])
 

@@ -1,14 +1,26 @@
-"""Command line of mipae-jax: flags only; the work is in library functions.
+"""The command line of mipae-jax: every flag is defined here; the work is in
+library functions.
 
-  python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=prepare
-python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR
-python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=train_lstm
-python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=eval
-python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=DIR --mode=curves
+  python -m mipae_jax.main --mode=prepare --config=configs/mipae_dsprites.py --workdir=DIR
+  python -m mipae_jax.main --mode=train --config=configs/mipae_dsprites.py --workdir=DIR
+  python -m mipae_jax.main --mode=train_lstm --config=configs/mipae_dsprites.py --workdir=DIR
+  python -m mipae_jax.main --mode=eval --config=configs/mipae_dsprites.py --workdir=DIR
+  python -m mipae_jax.main --mode=curves --config=configs/mipae_dsprites.py --workdir=DIR
+      [--workdirs=OTHER,...]
+  python -m mipae_jax.main --mode=compare --workdirs=DIR1,DIR2,... [--workdir=OUT]
+  python -m mipae_jax.main --mode=reproduce --config=configs/mipae_dsprites.py:reduced
+      --workdir=DIR [--methods=mipae,drnet]
+
+--mode=train is the default. Any mode but compare takes --config.FIELD=VALUE
+overrides; reproduce applies them to the config of every method.
+`python -m mipae_jax.reproduce` and `python -m mipae_jax.evaluate --compare`
+are aliases that translate their old flags into these.
 """
 
 import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from absl import app, flags, logging
@@ -16,29 +28,131 @@ from ml_collections import config_flags
 
 from mipae_jax import config_validation, sharding
 
+MODES = ("prepare", "train", "train_lstm", "eval", "curves", "compare", "reproduce")
+# Modes that read --workdirs / --methods.
+WORKDIRS_MODES = ("curves", "compare")
+METHODS_MODES = ("reproduce",)
+# The config variants --mode=reproduce runs: its scales (none is "paper").
+REPRODUCE_VARIANTS = {"": "paper", "reduced": "reduced", "tiny": "tiny"}
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True
+  "config",
+  None,
+  "Experiment config file, configs/<method>_<dataset>.py[:variant]; every mode "
+  "but compare needs it. reproduce: any method's file of the dataset, whose "
+  "variant (none, reduced or tiny) is the scale; each method's config is built "
+  "from its own file with the same --config.* overrides.",
+  lock_config=True,
 )
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+flags.DEFINE_string(
+  "workdir",
+  None,
+  "Directory of checkpoints, logs and outputs; every mode but compare needs it. "
+  "reproduce: the directory of every method's run and the report. compare: "
+  "where comparison.md and its plots go (default: COMMON_PARENT/comparison).",
+)
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["prepare", "train", "train_lstm", "eval", "curves"],
+  list(MODES),
   "prepare: build the dataset; train: main network; train_lstm: stage 2; eval; "
-  "curves: score every checkpoint of the main network and plot learning curves.",
+  "curves: score every checkpoint of the main network and plot learning curves; "
+  "compare: one table and overlaid curves over evaluated --workdirs; "
+  "reproduce: train, evaluate and compare --methods (the paper's comparison).",
 )
 flags.DEFINE_list(
-  "plot_with", [], "curves: other scored workdirs drawn on the same plot."
+  "workdirs",
+  [],
+  "curves: other scored workdirs drawn on the same plot; compare: the evaluated "
+  "workdirs, one row each. Comma-separated; a path holding a comma goes in "
+  "double quotes (CSV): --workdirs='\"runs/a=1,b=2\",runs/c'.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_alias("plot_with", "workdirs")
+flags.DEFINE_list(
+  "methods", ["mipae", "drnet"], "reproduce: the methods to run, in this order."
+)
 
 
-def main(argv: list[str]) -> int | None:
-  """Runs --mode; the exit status of a training run stopped by SIGTERM is
-  checkpointing.PREEMPTED_EXIT_CODE (143)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def check_flags() -> None:
+  """Raises app.UsageError, one line, for flags that --mode cannot run with."""
+  mode = FLAGS.mode
+  if mode == "compare":
+    if not FLAGS.workdirs:
+      raise app.UsageError("--mode=compare needs --workdirs=DIR1,DIR2,...")
+  else:
+    if FLAGS.config is None:
+      raise app.UsageError(
+        f"--mode={mode} needs --config=configs/<method>_<dataset>.py[:variant]."
+      )
+    if FLAGS.workdir is None:
+      raise app.UsageError(f"--mode={mode} needs --workdir=DIR.")
+  for name, modes in (("workdirs", WORKDIRS_MODES), ("methods", METHODS_MODES)):
+    if FLAGS[name].present and mode not in modes:
+      raise app.UsageError(
+        f"--{name} is read by --mode={' and '.join(modes)}, not --mode={mode}."
+      )
+  if mode == "reproduce":
+    _reproduce_arguments()
+
+
+def _reproduce_arguments() -> dict[str, Any]:
+  """reproduce.reproduce's keyword arguments from the flags; raises
+  app.UsageError for a variant, dataset or method it cannot run."""
+  from mipae_jax import paper
+
+  spec = config_flags.get_config_filename(FLAGS["config"])
+  variant = spec.partition(":")[2]
+  if variant not in REPRODUCE_VARIANTS:
+    raise app.UsageError(
+      f"--mode=reproduce runs the config variants reduced and tiny, or none (the "
+      f"paper's settings); got --config={spec}."
+    )
+  dataset = FLAGS.config.dataset.name
+  if dataset not in config_validation.CONFIG_SUFFIXES:
+    raise app.UsageError(
+      f"--mode=reproduce: config.dataset.name={dataset!r}; expected one of "
+      f"{sorted(config_validation.CONFIG_SUFFIXES)}."
+    )
+  methods = tuple(FLAGS.methods)
+  if (
+    not methods
+    or len(set(methods)) != len(methods)
+    or set(methods) - set(paper.METHODS)
+  ):
+    raise app.UsageError(
+      f"--methods={','.join(methods)}: expected some of {','.join(paper.METHODS)}, "
+      "each once."
+    )
+  overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+  if "method" in overrides:
+    raise app.UsageError(
+      "--mode=reproduce: --methods chooses the methods, not --config.method."
+    )
+  return {
+    "dataset": dataset,
+    "scale": REPRODUCE_VARIANTS[variant],
+    "workdir": FLAGS.workdir,
+    "methods": methods,
+    "data_dir": overrides.pop("dataset.data_dir", None),
+    "manual_dir": overrides.pop("dataset.manual_dir", None),
+    "overrides": overrides or None,
+  }
+
+
+def run_mode() -> Any:
+  """Runs --mode of the parsed, checked flags; returns its result: the exit
+  status of train and train_lstm (checkpointing.PREEMPTED_EXIT_CODE, 143,
+  when SIGTERM stopped them), eval's metrics, curves' plot path, compare's
+  table (also printed), reproduce's report path (also printed; 143 when a
+  stage stopped early)."""
+  mode = FLAGS.mode
+  if mode == "compare":
+    from mipae_jax import compare
+
+    text = compare.compare(FLAGS.workdirs, FLAGS.workdir)
+    print(text)
+    return text
   config = FLAGS.config
   if config.distributed:
     sharding.initialize_distributed()
@@ -50,31 +164,78 @@ def main(argv: list[str]) -> int | None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  if FLAGS.mode == "prepare":
+  if mode == "prepare":
     from mipae_jax import input_pipeline
 
     input_pipeline.prepare_dataset(config.dataset)
-  elif FLAGS.mode == "train":
+    return None
+  if mode == "train":
     from mipae_jax import checkpointing, train
 
     state = train.train_and_evaluate(config, FLAGS.workdir)
     return checkpointing.exit_code(int(state.step), config.num_train_steps)
-  elif FLAGS.mode == "train_lstm":
+  if mode == "train_lstm":
     from mipae_jax import checkpointing, train_lstm
 
     state = train_lstm.train_and_evaluate(config, FLAGS.workdir)
     return checkpointing.exit_code(int(state.step), config.lstm.num_train_steps)
-  elif FLAGS.mode == "curves":
+  if mode == "curves":
     from mipae_jax import learning_curves
 
-    logging.info(
-      "Learning curves: %s",
-      learning_curves.learning_curves(config, FLAGS.workdir, FLAGS.plot_with),
-    )
-  else:
-    from mipae_jax import evaluate
+    path = learning_curves.learning_curves(config, FLAGS.workdir, FLAGS.workdirs)
+    logging.info("Learning curves: %s", path)
+    return path
+  if mode == "reproduce":
+    from mipae_jax import checkpointing, reproduce
 
-    evaluate.evaluate(config, FLAGS.workdir)
+    try:
+      path = reproduce.reproduce(**_reproduce_arguments())
+    except reproduce.StageIncomplete as error:
+      logging.warning("%s", error)
+      return checkpointing.PREEMPTED_EXIT_CODE
+    print(f"Report: {path}")
+    return path
+  from mipae_jax import evaluate
+
+  return evaluate.evaluate(config, FLAGS.workdir)
+
+
+def main(argv: list[str]) -> int | None:
+  """app.run's main: runs --mode; returns the exit status of a run that a
+  SIGTERM stopped (checkpointing.PREEMPTED_EXIT_CODE, 143), else None."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  check_flags()
+  result = run_mode()
+  return result if isinstance(result, int) and result else None
+
+
+def call(argv: Sequence[str]) -> Any:
+  """This command line in this process: parses `argv` (program name first)
+  with these flags, checks them as main does and returns run_mode()'s
+  result. Every flag is unparsed again after (also those of an earlier
+  parse in this process: before), and sys.argv, where config_flags reads
+  the --config.* overrides, restored."""
+  saved_argv = sys.argv
+  sys.argv = list(argv)
+  try:
+    _unparse()
+    rest = FLAGS(sys.argv)
+    if len(rest) > 1:
+      raise app.UsageError(f"Unexpected arguments: {rest[1:]}")
+    check_flags()
+    return run_mode()
+  finally:
+    _unparse()
+    sys.argv = saved_argv
+
+
+def _unparse() -> None:
+  """Unparses every flag and deletes the --config.FIELD flags that parsing
+  --config defined (a second parse would define them again)."""
+  FLAGS.unparse_flags()
+  for name in [name for name in FLAGS if name.startswith("config.")]:
+    delattr(FLAGS, name)
 
 
 def _one_line_errors(argv: list[str]) -> int | None:
@@ -103,6 +264,23 @@ def _one_line_errors(argv: list[str]) -> int | None:
     os._exit(1)
 
 
-if __name__ == "__main__":
+def command_line(argv: Sequence[str]) -> None:
+  """Runs `argv` (sys.argv form) as `python -m mipae_jax.main` does, then
+  exits; the entry point of this module and of its aliases."""
+  sys.argv = list(argv)  # config_flags reads the --config.* overrides there.
   jax.config.config_with_absl()
-  app.run(_one_line_errors, flags_parser=config_validation.parse_flags)
+  app.run(_one_line_errors, argv=sys.argv, flags_parser=config_validation.parse_flags)
+
+
+def alias_command_line(translate: Callable[[list[str]], list[str]]) -> None:
+  """The entry point of an old command line: `translate(sys.argv)` gives
+  main's argv; a bad old flag exits 1 with one line."""
+  try:
+    argv = translate(sys.argv)
+  except ValueError as error:
+    sys.exit(f"FATAL Flags parsing error: {error}")
+  command_line(argv)
+
+
+if __name__ == "__main__":
+  command_line(sys.argv)

@@ -1,8 +1,9 @@
 """Training of the main network (E_c, E_p, D and the critic) for MIPAE and
-DRNET: the train state, one pure sharded `train_step`, and the loop."""
+DRNET: one pure sharded `train_step` and the stage's entry point (the loop
+is loop.run, the state train_state.TrainState)."""
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import flax
@@ -11,37 +12,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metric_writers, metrics
 
 from mipae_jax import (
   autoencoder,
   checkpointing,
   config_validation,
   input_pipeline,
+  loop,
   objectives,
   sharding,
   visualize,
 )
+from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks, build_networks
-
-Variables = dict[str, Any]
-
-
-class TrainState(flax.struct.PyTreeNode):
-  """Parameters of all four networks, BatchNorm statistics, two Adam states.
-
-  As in the reference, E_c, E_p and D share one Adam state ("main") and the
-  critic has its own ("critic"); both use `tx` (Sec. IV-A settings). The two
-  are updated at different moments of a step (critic first), so they cannot
-  be one optimiser over all parameters.
-  """
-
-  step: jax.Array
-  params: Variables
-  batch_stats: Variables
-  opt_state: dict[str, optax.OptState]
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+from mipae_jax.train_state import TrainState, abstract_state, init_state, split_params
 
 
 @flax.struct.dataclass
@@ -73,97 +58,9 @@ class DrnetMetrics(metrics.Collection):
 METRICS = {"mipae": MipaeMetrics, "drnet": DrnetMetrics}
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam, lr 0.002, b1 0.5 (Sec. IV-A)."""
-  return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
-
-
-def split_params(params: Variables) -> tuple[Variables, Variables]:
-  """(E_c, E_p, D parameters, critic parameters)."""
-  main = {name: value for name, value in params.items() if name != "critic"}
-  return main, params["critic"]
-
-
-def init_opt_state(
-  tx: optax.GradientTransformation, params: Variables
-) -> dict[str, optax.OptState]:
-  """One state of `tx` for the main network and one for the critic."""
-  main, critic = split_params(params)
-  return {"main": tx.init(main), "critic": tx.init(critic)}
-
-
-def init_variables(
-  networks: Networks, rng: jax.Array, image_shape: tuple[int, int, int], pose_dim: int
-) -> tuple[Variables, Variables]:
-  """Initial (params, batch_stats) of the four networks for [H, W, C] frames."""
-  rngs = jax.random.split(rng, 4)
-  frames = jnp.zeros((2, *image_shape), jnp.float32)
-  content_vars = networks.content_encoder.init(rngs[0], frames, train=False)
-  pose_vars = networks.pose_encoder.init(rngs[1], frames, train=False)
-  content_code, skips = networks.content_encoder.apply(
-    content_vars, frames, train=False
-  )
-  pose_code = jnp.zeros((2, pose_dim), jnp.float32)
-  decoder_vars = networks.decoder.init(
-    rngs[2],
-    content_code,
-    pose_code,
-    skips if networks.skip_connections else None,
-    train=False,
-  )
-  critic_vars = networks.critic.init(rngs[3], pose_code, pose_code)
-  params = {
-    "content_encoder": content_vars["params"],
-    "pose_encoder": pose_vars["params"],
-    "decoder": decoder_vars["params"],
-    "critic": critic_vars["params"],
-  }
-  batch_stats = {
-    "content_encoder": content_vars["batch_stats"],
-    "pose_encoder": pose_vars["batch_stats"],
-    "decoder": decoder_vars["batch_stats"],
-  }
-  return params, batch_stats
-
-
-def create_train_state(
-  networks: Networks,
-  config: ml_collections.ConfigDict,
-  rng: jax.Array,
-  image_shape: tuple[int, int, int],
-) -> TrainState:
-  """A fresh TrainState (call under jit with out_shardings to place it)."""
-  params, batch_stats = init_variables(
-    networks, rng, image_shape, config.model.pose_dim
-  )
-  tx = create_optimizer(config)
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=batch_stats,
-    opt_state=init_opt_state(tx, params),
-    tx=tx,
-  )
-
-
 def take_frame(video: jnp.ndarray, index: jax.Array) -> jnp.ndarray:
   """Frame `index` (one scalar for the whole batch) of every video [B, T, ...]."""
   return jax.lax.dynamic_index_in_dim(video, index, axis=1, keepdims=False)
-
-
-def _apply_train(module, params, batch_stats, *args):
-  """Applies a network in training mode; returns (output, new batch_stats)."""
-  out, updates = module.apply(
-    {"params": params, "batch_stats": batch_stats},
-    *args,
-    train=True,
-    mutable=["batch_stats"],
-  )
-  return out, updates["batch_stats"]
-
-
-def _pose_code(out):
-  return out[0] if isinstance(out, tuple) else out
 
 
 def _accuracy(joint_logits, marginal_logits):
@@ -237,7 +134,7 @@ def train_step(
   video, critic_video = batch["video"], batch["critic_video"]
   draws = draw_step(rng, video.shape[1], video.shape[0], loss_config.marginal_pairs)
   main_params, critic_params = split_params(state.params)
-  stats = dict(state.batch_stats)
+  stats = state.batch_stats
 
   def critic_fn(params, a, b):
     return networks.critic.apply({"params": params}, a, b)
@@ -246,10 +143,15 @@ def train_step(
   codes = []
   for index in draws.critic_frames:
     frames = autoencoder.to_float_frames(take_frame(critic_video, index))
-    code, stats["pose_encoder"] = _apply_train(
-      networks.pose_encoder, main_params["pose_encoder"], stats["pose_encoder"], frames
+    code, updates = networks.main.apply(
+      {"params": main_params, "batch_stats": stats},
+      frames,
+      train=True,
+      method=MainNetwork.encode_pose,
+      mutable=["batch_stats"],
     )
-    codes.append(sg(_pose_code(code)))
+    stats = updates["batch_stats"]
+    codes.append(sg(code))
   pose_i, pose_j = codes
 
   def critic_loss_fn(params):
@@ -269,28 +171,20 @@ def train_step(
   frames_0 = autoencoder.to_float_frames(take_frame(video, 0))
   frames_k = autoencoder.to_float_frames(take_frame(video, draws.offset))
   frames_j = autoencoder.to_float_frames(take_frame(video, draws.other_frame))
-  same_frame = loss_config.recon_target == "same"
+  recon_frames = frames_0 if loss_config.recon_target == "same" else frames_k
 
   def loss_fn(params):
-    new_stats = dict(stats)
-
-    def run(name, *args):
-      out, new_stats[name] = _apply_train(
-        getattr(networks, name), params[name], new_stats[name], *args
-      )
-      return out
-
-    content_0, skips = run("content_encoder", frames_0)
-    content_k, _ = run("content_encoder", frames_k)
-    recon_frames = frames_0 if same_frame else frames_k
-    pose = _pose_code(run("pose_encoder", recon_frames))
-    pose_other = sg(_pose_code(run("pose_encoder", frames_j)))
-    decoded = run(
-      "decoder",
-      content_0,
-      pose,
-      skips if networks.skip_connections else None,
+    out, updates = networks.main.apply(
+      {"params": params, "batch_stats": stats},
+      frames_0,
+      frames_k,
+      recon_frames,
+      frames_j,
+      train=True,
+      mutable=["batch_stats"],
     )
+    content_0, decoded = out["content_0"], out["decoded"]
+    content_k, pose, pose_other = out["content_k"], out["pose"], sg(out["pose_other"])
     recon = objectives.reconstruction_loss(decoded, recon_frames)
     sim = objectives.similarity_loss(content_0, content_k)
     joint = critic_fn(critic_params, pose, pose_other)
@@ -308,7 +202,7 @@ def train_step(
       )
       logs = dict(adversarial_loss=adversarial)
     logs.update(loss=main, recon_loss=recon, sim_loss=sim)
-    return main, (new_stats, logs)
+    return main, (updates["batch_stats"], logs)
 
   grads, (batch_stats, logs) = jax.grad(loss_fn, has_aux=True)(main_params)
   updates, main_opt = state.tx.update(grads, state.opt_state["main"], main_params)
@@ -357,118 +251,36 @@ def make_train_step(
   )
 
 
-def abstract_state(
-  networks: Networks,
-  config: ml_collections.ConfigDict,
-  mesh: jax.sharding.Mesh,
-  image_shape: tuple[int, int, int],
-) -> Any:
-  """The state's shapes, replicated over `mesh`: what a restore needs, with
-  nothing compiled."""
-  init_fn = functools.partial(
-    create_train_state, networks, config, image_shape=image_shape
-  )
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    jax.eval_shape(init_fn, jax.random.PRNGKey(0)),
-  )
+def make_image_hook(networks: Networks) -> Callable[..., None]:
+  """`hook(writer, step, state, batch)`: reconstructions and a pose/content
+  swap grid of a few videos of `batch` (the decoder jitted once)."""
+  swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
 
-
-def init_state(
-  networks: Networks,
-  config: ml_collections.ConfigDict,
-  mesh: jax.sharding.Mesh,
-  image_shape: tuple[int, int, int],
-) -> tuple[TrainState, Any]:
-  """Initialises the state straight into its (replicated) shardings."""
-  init_fn = functools.partial(
-    create_train_state, networks, config, image_shape=image_shape
-  )
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  rng = jax.random.PRNGKey(config.seed)
-  state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
-  return state, state_sharding
-
-
-def _kept(latest: int | None) -> str:
-  return (
-    f"the latest checkpoint on disk (step {latest}) is intact"
-    if latest is not None
-    else "no checkpoint was saved yet"
-  )
-
-
-def check_finite(values: dict[str, Any], step: int, latest: int | None) -> None:
-  """The NaN/inf guard: raises before anything non-finite can be saved;
-  `latest` is the latest step on disk (None: none)."""
-  bad = {k: float(v) for k, v in values.items() if not np.all(np.isfinite(v))}
-  if bad:
-    raise FloatingPointError(
-      f"Non-finite training metrics at step {step}: {bad}. Training stopped; "
-      f"{_kept(latest)}."
+  def hook(writer: metric_writers.MetricWriter, step: int, state, batch) -> None:
+    # Local copies: process 0 renders alone, with no cross-process collective.
+    video = batch["video"]
+    if isinstance(video, jax.Array) and not video.is_fully_addressable:
+      video = video.addressable_data(0)
+    video = np.asarray(video)
+    params, batch_stats = jax.tree.map(
+      lambda x: x.addressable_data(0), (state.params, state.batch_stats)
+    )
+    content_frames = video[: min(4, video.shape[0]), 0]
+    pose_frames = video[0, : min(8, video.shape[1])]
+    grid = np.asarray(swap_decode(params, batch_stats, content_frames, pose_frames))
+    # Row 0 pairs video 0's content with its own poses: its reconstructions.
+    reconstructions = np.stack([pose_frames / 255.0, grid[0]], axis=0)
+    writer.write_images(
+      step,
+      {
+        "train_swap_grid": visualize.swap_grid_image(content_frames, pose_frames, grid)[
+          None
+        ],
+        "train_reconstructions": visualize.tile(reconstructions)[None],
+      },
     )
 
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  """True when every floating-point value of `tree` is finite."""
-  leaves = [
-    jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(tree)
-    if jnp.issubdtype(x.dtype, jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def check_state_finite(state: Any, step: int, latest: int | None) -> None:
-  """The NaN/inf guard on what is about to be saved: parameters, BatchNorm
-  statistics and optimiser state (one jitted reduction)."""
-  if not bool(
-    _all_finite((state.params, getattr(state, "batch_stats", {}), state.opt_state))
-  ):
-    raise FloatingPointError(
-      f"Non-finite parameters or optimiser state at step {step}: not saved. "
-      f"Training stopped; {_kept(latest)}."
-    )
-
-
-def write_image_summaries(
-  writer: metric_writers.MetricWriter,
-  step: int,
-  networks: Networks,
-  state: TrainState,
-  video: np.ndarray,
-  prefix: str = "train",
-) -> None:
-  """Reconstructions and a pose/content swap grid of a few videos."""
-  # Local copies: process 0 renders alone, with no cross-process collective.
-  if isinstance(video, jax.Array) and not video.is_fully_addressable:
-    video = video.addressable_data(0)
-  video = np.asarray(video)
-  params, batch_stats = jax.tree.map(
-    lambda x: x.addressable_data(0), (state.params, state.batch_stats)
-  )
-  num = min(4, video.shape[0])
-  content_frames = video[:num, 0]
-  pose_frames = video[0, : min(8, video.shape[1])]
-  grid = np.asarray(
-    jax.jit(functools.partial(autoencoder.swap_decode, networks))(
-      params, batch_stats, content_frames, pose_frames
-    )
-  )
-  # Row 0 pairs video 0's content with its own poses: its reconstructions.
-  reconstructions = np.stack([pose_frames / 255.0, grid[0]], axis=0)
-  writer.write_images(
-    step,
-    {
-      f"{prefix}_swap_grid": visualize.swap_grid_image(
-        content_frames, pose_frames, grid
-      )[None],
-      f"{prefix}_reconstructions": visualize.tile(reconstructions)[None],
-    },
-  )
+  return hook
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -502,112 +314,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       lambda: init_state(networks, config, mesh, image_shape)[0],
       train_iter,
     )
-    initial_step = int(state.step)
-    if initial_step >= config.num_train_steps:
-      logging.warning(
-        "Nothing to do: the checkpoint in %s is at step %d and "
-        "config.num_train_steps=%d; raise num_train_steps to train further.",
-        workdir,
-        initial_step,
+    # One replicated sharding for every leaf: the restored and the initial
+    # state carry different (equal-shaped) optimiser objects.
+    jitted = make_train_step(networks, config, mesh, sharding.replicated(mesh))
+    base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    return loop.run(
+      state,
+      lambda state, batch, step: jitted(
+        state, batch, jax.random.fold_in(base_rng, step)
+      ),
+      lambda: next_batch(train_iter),
+      loop.Schedule(
         config.num_train_steps,
-      )
-      return state
-    return _train_loop(config, workdir, networks, mesh, state, train_iter, checkpoints)
-
-
-def _train_loop(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  networks: Networks,
-  mesh: jax.sharding.Mesh,
-  state: TrainState,
-  train_iter: Iterator[dict[str, Any]],
-  checkpoints: checkpointing.Checkpointer,
-) -> TrainState:
-  """Steps from `state.step` to config.num_train_steps (or SIGTERM)."""
-  initial_step = int(state.step)
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
-  if initial_step == 0:
-    writer.write_hparams(config_validation.flat_hparams(config))
-  logging.info("Training %s from step %d.", config.method, initial_step)
-  # One replicated sharding for every leaf: the restored and the initial
-  # state carry different (equal-shaped) optimiser objects.
-  step_fn = make_train_step(networks, config, mesh, sharding.replicated(mesh))
-  report_progress = periodic_actions.ReportProgress(
-    num_train_steps=config.num_train_steps, writer=writer
-  )
-  base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  train_metrics = None
-  step = initial_step
-  try:
-    with checkpoints.preemption_guard() as preempted:
-      while step < config.num_train_steps:
-        step += 1
-        batch = next_batch(train_iter)
-        state, step_metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-        train_metrics = (
-          step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-        )
-        report_progress(step)
-        is_last = step == config.num_train_steps
-        stopping = preempted(step)
-        if step % config.log_every_steps == 0 or is_last or stopping:
-          values = train_metrics.compute()
-          check_state_finite(state, step, checkpoints.latest_step())
-          check_finite(values, step, checkpoints.latest_step())
-          writer.write_scalars(step, {f"train_{k}": v for k, v in values.items()})
-          train_metrics = None
-        if jax.process_index() == 0 and (
-          step % config.image_every_steps == 0 or is_last
-        ):
-          write_image_summaries(writer, step, networks, state, batch["video"])
-        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-          if train_metrics is not None:
-            check_finite(train_metrics.compute(), step, checkpoints.latest_step())
-          check_state_finite(state, step, checkpoints.latest_step())
-          checkpoints.save(step, state, train_iter)
-        if stopping:
-          logging.warning(
-            "Preempted at step %d: checkpoint saved, exiting with status %d.",
-            step,
-            checkpointing.PREEMPTED_EXIT_CODE,
-          )
-          break
-  finally:
-    writer.close()
-  return state
-
-
-def load_main_network(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  info: Any,
-  step: int = -1,
-  step_flag: str = "eval.step",
-) -> tuple[Networks, Variables, int]:
-  """Restores the main network of `workdir` (latest step, or `step`).
-
-  Returns the networks, {"params", "batch_stats"} on the host's default
-  device layout, and the restored step. Fails before any compile with a
-  CheckpointError when there is no checkpoint, it belongs to another
-  experiment, or it is corrupt (naming `step_flag`, the config field that
-  picks another step).
-  """
-  networks = build_networks(config, info.channels)
-  init_fn = functools.partial(
-    create_train_state,
-    networks,
-    config,
-    image_shape=(info.height, info.width, info.channels),
-  )
-  with checkpointing.Checkpointer(
-    workdir, config, info, step_flag=step_flag
-  ) as checkpoints:
-    state, step = checkpoints.restore_trained(
-      init_fn,
-      step,
-      f"Train it first: {config_validation.command(config, workdir, 'train')}",
+        config.log_every_steps,
+        config.image_every_steps,
+        config.checkpoint_every_steps,
+      ),
+      checkpoints,
+      train_iter,
+      loop.Output(workdir, config_validation.flat_hparams(config)),
+      make_image_hook(networks),
+      name=f"{config.method} main network",
     )
-  return networks, {"params": state.params, "batch_stats": state.batch_stats}, step

@@ -7,7 +7,6 @@ beside the main network's, which are only read.
 """
 
 import functools
-from typing import Any
 
 import flax
 import jax
@@ -16,71 +15,35 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metric_writers, metrics
 
 from mipae_jax import (
   autoencoder,
-  checkpointing,
   config_validation,
   input_pipeline,
+  loop,
   predict,
+  restore,
   sharding,
-  train,
   visualize,
 )
-from mipae_jax.models.networks import DTYPES
 from mipae_jax.models.pose_lstm import PoseLSTM
-
-Variables = dict[str, Any]
-
-
-class LSTMState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Variables
-  opt_state: optax.OptState
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+from mipae_jax.train_state import (
+  LSTMState,
+  Variables,
+  build_pose_lstm,
+  create_lstm_state,
+)
 
 
 @flax.struct.dataclass
 class LSTMMetrics(metrics.Collection):
   pose_loss: metrics.Average.from_output("pose_loss")
   future_pose_loss: metrics.Average.from_output("future_pose_loss")
-
-
-def build_pose_lstm(config: ml_collections.ConfigDict) -> PoseLSTM:
-  """L of Sec. IV-A from `config.lstm` and |z_p|."""
-  return PoseLSTM(
-    pose_dim=config.model.pose_dim,
-    hidden_size=config.lstm.hidden_size,
-    num_layers=config.lstm.num_layers,
-    dtype=DTYPES[config.model.dtype],
-  )
-
-
-def lstm_fingerprint(
-  config: ml_collections.ConfigDict, info: Any, main_step: int | None = None
-) -> dict[str, Any]:
-  """Main-network fingerprint, the LSTM's shape-defining fields and, when
-  given, the main-network step the LSTM was trained on."""
-  fingerprint = checkpointing.experiment_fingerprint(config, info)
-  fingerprint.update(
-    lstm_hidden_size=config.lstm.hidden_size, lstm_num_layers=config.lstm.num_layers
-  )
-  if main_step is not None:
-    fingerprint["main_step"] = main_step
-  return fingerprint
-
-
-def create_lstm_state(
-  pose_lstm: PoseLSTM, config: ml_collections.ConfigDict, rng: jax.Array
-) -> LSTMState:
-  content = jnp.zeros((1, config.model.content_dim), jnp.float32)
-  poses = jnp.zeros((1, 2, config.model.pose_dim), jnp.float32)
-  params = pose_lstm.init(rng, content, poses, np.array([True, False]))["params"]
-  tx = optax.adam(config.lstm.learning_rate, b1=config.lstm.adam_b1)
-  return LSTMState(
-    step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx
-  )
+  # The loss of each predicted step, logged as train_pose_loss_tNN.
+  pose_loss_t: loop.VectorAverage.from_output("pose_loss_t")
+  grad_norm: metrics.Average.from_output("grad_norm")
+  param_norm: metrics.Average.from_output("param_norm")
 
 
 def pose_targets(
@@ -101,11 +64,8 @@ def lstm_train_step(
   main: Variables,
   state: LSTMState,
   batch: dict[str, jnp.ndarray],
-) -> tuple[LSTMState, LSTMMetrics, jnp.ndarray]:
-  """One Adam step on || z^_p^{2:C+T} - E_p(x^{2:C+T}) ||^2 (Sec. III).
-
-  Returns the new state, the metrics and the loss per predicted step.
-  """
+) -> tuple[LSTMState, LSTMMetrics]:
+  """One Adam step on || z^_p^{2:C+T} - E_p(x^{2:C+T}) ||^2 (Sec. III)."""
   num_context, horizon = lstm_config.num_context, lstm_config.num_future
   video = batch["video"][:, : num_context + horizon]
   content, poses = pose_targets(predictor, main, video, num_context)
@@ -125,35 +85,40 @@ def lstm_train_step(
 
   (loss, per_step), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    opt_state=opt_state,
-  )
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   step_metrics = LSTMMetrics.single_from_model_output(
-    pose_loss=loss, future_pose_loss=jnp.mean(per_step[num_context - 1 :])
+    pose_loss=loss,
+    future_pose_loss=jnp.mean(per_step[num_context - 1 :]),
+    pose_loss_t=per_step,
+    grad_norm=optax.tree.norm(grads),
+    param_norm=optax.tree.norm(params),
   )
-  return new_state, step_metrics, per_step
+  return new_state, step_metrics
 
 
-def _write_prediction_strip(
-  writer, step, predictor, main, state, video, config
-) -> None:
-  """Ground truth above predicted frames for a few test-like videos."""
+def make_prediction_hook(
+  predictor: predict.Predictor, main: Variables, config: ml_collections.ConfigDict
+) -> loop.ImageHook:
+  """`hook(writer, step, state, batch)`: ground truth above predicted frames
+  for a few training videos (the prediction jitted once)."""
   num_context, horizon = config.lstm.num_context, config.lstm.num_future
-  if not video.is_fully_addressable:
-    video = video.addressable_data(0)
-  video = np.asarray(video)[:4, : num_context + horizon]
-  local = jax.tree.map(
-    lambda x: x.addressable_data(0), {"main": main, "lstm": state.params}
-  )
-  predicted = jax.jit(functools.partial(predict.predict, predictor, horizon=horizon))(
-    local, video[:, :num_context]
-  )
-  truth = video / 255.0
-  padded = np.concatenate([truth[:, :num_context], np.asarray(predicted)], axis=1)
-  strips = np.stack([truth, padded], axis=1).reshape(-1, *truth.shape[1:])
-  writer.write_images(step, {"lstm_predictions": visualize.tile(strips)[None]})
+  predict_fn = jax.jit(functools.partial(predict.predict, predictor, horizon=horizon))
+  local_main = jax.tree.map(lambda x: x.addressable_data(0), main)
+
+  def hook(writer: metric_writers.MetricWriter, step: int, state, batch) -> None:
+    video = batch["video"]
+    if not video.is_fully_addressable:
+      video = video.addressable_data(0)
+    video = np.asarray(video)[:4, : num_context + horizon]
+    lstm = jax.tree.map(lambda x: x.addressable_data(0), state.params)
+    predicted = predict_fn({"main": local_main, "lstm": lstm}, video[:, :num_context])
+    truth = video / 255.0
+    padded = np.concatenate([truth[:, :num_context], np.asarray(predicted)], axis=1)
+    strips = np.stack([truth, padded], axis=1).reshape(-1, *truth.shape[1:])
+    writer.write_images(step, {"lstm_predictions": visualize.tile(strips)[None]})
+
+  return hook
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMState:
@@ -171,23 +136,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
   config_validation.check_dataset(config, info)
   num_frames = config.lstm.num_context + config.lstm.num_future
   if num_frames > info.seq_len:
-    raise ValueError(
+    raise config_validation.ConfigError(
       f"Bad config: lstm.num_context + lstm.num_future = {num_frames} exceeds the "
       f"{info.seq_len} frames per video of {config.dataset.name}."
     )
-  networks, main, main_step = train.load_main_network(
+  networks, main, main_step = restore.load_main_network(
     config, workdir, info, step_flag="restore_step"
   )
   logging.info("Stage 2 on the main network of step %d.", main_step)
   predictor = predict.Predictor(networks, build_pose_lstm(config))
-  with checkpointing.Checkpointer(
-    workdir,
+  with restore.lstm_checkpointer(
     config,
+    workdir,
     info,
-    subdir="lstm_checkpoints",
-    fingerprint=lstm_fingerprint(config, info, main_step),
+    main_step,
     restore_step=config.lstm.restore_step,
-    step_flag="lstm.restore_step",
     writable=True,
   ) as checkpoints:
     train_iter = input_pipeline.create_train_iterator(
@@ -210,106 +173,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
       ),
       train_iter,
     )
-    step_fn = jax.jit(
+    jitted = jax.jit(
       functools.partial(lstm_train_step, predictor, config.lstm),
       in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
       out_shardings=replicated,
       donate_argnums=1,
     )
-    writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, collection="lstm"
+    lstm = config.lstm
+    return loop.run(
+      state,
+      lambda state, batch, step: jitted(main, state, batch),
+      lambda: next(train_iter),
+      loop.Schedule(
+        lstm.num_train_steps,
+        lstm.log_every_steps,
+        lstm.image_every_steps,
+        lstm.checkpoint_every_steps,
+        steps_field="lstm.num_train_steps",
+      ),
+      checkpoints,
+      train_iter,
+      loop.Output(workdir, config_validation.flat_hparams(config), collection="lstm"),
+      make_prediction_hook(predictor, main, config),
+      name="pose LSTM",
     )
-    try:
-      return _train_loop(
-        config, predictor, main, state, step_fn, train_iter, checkpoints, writer
-      )
-    finally:
-      writer.close()
-
-
-def _train_loop(
-  config: ml_collections.ConfigDict,
-  predictor: predict.Predictor,
-  main: Variables,
-  state: LSTMState,
-  step_fn: Any,
-  train_iter: Any,
-  checkpoints: checkpointing.Checkpointer,
-  writer: metric_writers.MetricWriter,
-) -> LSTMState:
-  """Steps from `state.step` to config.lstm.num_train_steps (or SIGTERM)."""
-  report_progress = periodic_actions.ReportProgress(
-    num_train_steps=config.lstm.num_train_steps, writer=writer
-  )
-  step = int(state.step)
-  logging.info("Training the pose LSTM from step %d.", step)
-  train_metrics, per_step_sum, per_step_count = None, 0.0, 0
-  with checkpoints.preemption_guard() as preempted:
-    while step < config.lstm.num_train_steps:
-      step += 1
-      batch = next(train_iter)
-      state, step_metrics, per_step = step_fn(main, state, batch)
-      train_metrics = (
-        step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-      )
-      per_step_sum, per_step_count = per_step_sum + per_step, per_step_count + 1
-      report_progress(step)
-      is_last = step == config.lstm.num_train_steps
-      stopping = preempted(step)
-      if step % config.lstm.log_every_steps == 0 or is_last or stopping:
-        values = train_metrics.compute()
-        train.check_finite(values, step, checkpoints.latest_step())
-        scalars = {f"train_{k}": v for k, v in values.items()}
-        per_step_mean = np.asarray(per_step_sum) / per_step_count
-        scalars.update(
-          {f"train_pose_loss_t{t + 2:02d}": v for t, v in enumerate(per_step_mean)}
-        )
-        writer.write_scalars(step, scalars)
-        train_metrics, per_step_sum, per_step_count = None, 0.0, 0
-      if jax.process_index() == 0 and (
-        step % config.lstm.image_every_steps == 0 or is_last
-      ):
-        _write_prediction_strip(
-          writer, step, predictor, main, state, batch["video"], config
-        )
-      if step % config.lstm.checkpoint_every_steps == 0 or is_last or stopping:
-        if train_metrics is not None:
-          train.check_finite(train_metrics.compute(), step, checkpoints.latest_step())
-        train.check_state_finite(state, step, checkpoints.latest_step())
-        checkpoints.save(step, state, train_iter)
-      if stopping:
-        logging.warning(
-          "Preempted at step %d: checkpoint saved, exiting with status %d.",
-          step,
-          checkpointing.PREEMPTED_EXIT_CODE,
-        )
-        break
-  return state
-
-
-def load_pose_lstm(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  info: Any,
-  step: int = -1,
-  main_step: int | None = None,
-) -> tuple[PoseLSTM, Variables, int]:
-  """Restores the pose LSTM of `workdir` (latest step or `step`).
-
-  With `main_step`, an LSTM trained on another main-network step is refused.
-  """
-  pose_lstm = build_pose_lstm(config)
-  with checkpointing.Checkpointer(
-    workdir,
-    config,
-    info,
-    subdir="lstm_checkpoints",
-    fingerprint=lstm_fingerprint(config, info, main_step),
-    step_flag="lstm.restore_step",
-  ) as checkpoints:
-    state, step = checkpoints.restore_trained(
-      functools.partial(create_lstm_state, pose_lstm, config),
-      step,
-      "Run stage 2 first: " + config_validation.command(config, workdir, "train_lstm"),
-    )
-  return pose_lstm, state.params, step

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from clu import metric_writers  # noqa: E402
 
-from configs import mipae_dsprites  # noqa: E402
-from mipae_jax import checkpointing, sharding, train  # noqa: E402
+from mipae_jax import checkpointing, sharding, train, train_state  # noqa: E402
+from mipae_jax.configs import mipae_dsprites  # noqa: E402
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
 NUM_STEPS = 2
@@ -47,9 +47,9 @@ def main(out_dir: str) -> None:
   cfg = config()
   mesh = sharding.create_mesh()
   networks = build_networks(cfg, 3)
-  state, _ = train.init_state(networks, cfg, mesh, (64, 64, 3))
+  state, _ = train_state.init_state(networks, cfg, mesh, (64, 64, 3))
   sgd = optax.sgd(1.0)
-  state = state.replace(tx=sgd, opt_state=train.init_opt_state(sgd, state.params))
+  state = state.replace(tx=sgd, opt_state=train_state.init_opt_state(sgd, state.params))
   replicated = sharding.replicated(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
   step_fn = train.make_train_step(networks, cfg, mesh, state_sharding)

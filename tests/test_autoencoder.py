@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import mipae_dsprites
-from mipae_jax import autoencoder, train
+from mipae_jax import autoencoder, train_state
+from mipae_jax.configs import mipae_dsprites
 from mipae_jax.models.networks import build_networks
 
 
@@ -16,7 +16,7 @@ def trained_like_main():
   """Networks and variables with non-trivial BatchNorm running statistics."""
   config = mipae_dsprites.get_config()
   networks = build_networks(config, 3)
-  params, batch_stats = train.init_variables(
+  params, batch_stats = train_state.init_variables(
     networks, jax.random.PRNGKey(0), (64, 64, 3), config.model.pose_dim
   )
   batch_stats = jax.tree.map(lambda s: s + 0.3, batch_stats)

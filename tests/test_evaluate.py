@@ -16,9 +16,10 @@ from mipae_jax import (
   autoencoder,
   checkpointing,
   compare,
+  eval_outputs,
   evaluate,
   input_pipeline,
-  train,
+  restore,
   train_lstm,
   visualize,
 )
@@ -68,14 +69,14 @@ def test_metrics_json_has_every_section_with_finite_numbers(evaluated):
   assert all(-1 <= v <= 1 for v in frame_metrics["curves"]["ssim"]["mean"])
   assert all(v > 0 for v in frame_metrics["curves"]["lpips_alex"]["mean"])
   mig = result["mig"]
-  assert _all_finite([mig[term] for term in evaluate.MIG_TAGS])
+  assert _all_finite([mig[term] for term in eval_outputs.MIG_TAGS])
   assert mig["H(f_c)"] > 0 and mig["H(f_p)"] > 0
   assert (mig["partial"], mig["num_frames"]) == (False, 200)
   assert mig["content_factor_names"][0] == "sprite0_shape"
   assert result["table_i"] == {
     "dataset": "moving_dsprites",
     "experiment": "mipae",
-    **{term: mig[term] for term in evaluate.MIG_TAGS},
+    **{term: mig[term] for term in eval_outputs.MIG_TAGS},
     "partial": False,
   }
   timing = result["timing"]
@@ -86,7 +87,7 @@ def test_metrics_json_has_every_section_with_finite_numbers(evaluated):
 
 def test_csv_has_one_row_per_predicted_frame(evaluated):
   workdir, result = evaluated
-  with open(workdir / "eval" / evaluate.CSV_FILE) as f:
+  with open(workdir / "eval" / eval_outputs.CSV_FILE) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == NUM_FUTURE
   assert list(rows[0]) == [
@@ -162,7 +163,7 @@ def test_frame_scores_compare_each_prediction_with_its_own_frame(caplog):
   def copy_last_frame(params, context):
     return jnp.repeat(context[:, -1:].astype(jnp.float32) / 255.0, num_future, axis=1)
 
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     result = evaluate.evaluate_frames(
       copy_last_frame,
       {},
@@ -189,7 +190,7 @@ def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   workdir, _ = evaluated
   config = _eval_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  networks, main, _ = train.load_main_network(config, str(workdir), info)
+  networks, main, _ = restore.load_main_network(config, str(workdir), info)
   frames = np.random.default_rng(0).integers(0, 256, (11, 64, 64, 3), np.uint8)
   mesh = evaluate.sharding.create_mesh()
   z_c, z_p = evaluate.encode_frames(networks, main, frames, 8, mesh)
@@ -246,8 +247,8 @@ def test_comparison_marks_partial_and_missing_mig():
       },
     },
   }
-  terms = {term: 0.5 for term in evaluate.MIG_TAGS}
-  terms.update({f"{term}_ci95": 0.01 for term in evaluate.MIG_TAGS})
+  terms = {term: 0.5 for term in eval_outputs.MIG_TAGS}
+  terms.update({f"{term}_ci95": 0.01 for term in eval_outputs.MIG_TAGS})
   partial = {**base, "mig": {**terms, "partial": True}}
   skipped = {**base, "run": "s", "mig": None}
   markdown = compare.comparison_table_markdown([partial, skipped])
@@ -260,7 +261,7 @@ def test_comparison_marks_partial_and_missing_mig():
   assert "| Oracle MIG | Swapped MIG |" in header
   assert "| 20.00 | 20.00 | 20.00 |" in partial_row
   assert "| - | - | - | - | - | - | - | - |" in skipped_row
-  scalars = evaluate.scalar_summaries(partial)
+  scalars = eval_outputs.scalar_summaries(partial)
   assert "eval_mig_partial/MIG" in scalars and "eval_mig/MIG" not in scalars
   assert scalars["eval_mig_partial/MIG_ci95"] == 0.01
   assert "eval_mig_partial/oracle_MIG" in scalars

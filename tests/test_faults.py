@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import checkpointing, config_validation, input_pipeline, train
+from mipae_jax import checkpointing, config_validation, input_pipeline, restore, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ def _hashes(directory) -> dict[str, str]:
 
 def _params(workdir, config, step=-1):
   info = input_pipeline.dataset_info(config.dataset)
-  _, variables, step = train.load_main_network(config, str(workdir), info, step)
+  _, variables, step = restore.load_main_network(config, str(workdir), info, step)
   return jax.device_get(variables), step
 
 
@@ -250,7 +250,7 @@ def test_num_train_steps_below_the_checkpoint_says_nothing_to_do(
     tiny_config(dsprites_data_dir, num_train_steps=2), str(workdir)
   )
   assert int(state.step) == 4
-  assert "Nothing to do: the checkpoint" in caplog.text
+  assert "Nothing to do: the checkpoint of the mipae main network" in caplog.text
   assert checkpointing.exit_code(int(state.step), 2) == 0
   assert _hashes(workdir) == before
 

@@ -238,9 +238,9 @@ def test_sweep_dry_run_lists_product_and_zip_runs_with_their_workdirs(tmp_path, 
         f"--config.model.dtype={dtype}",
       ]
       assert f"    {shlex.join(expected)}\n" in out
-  compare = [sys.executable, "-m", "mipae_jax.evaluate", "--compare"]
-  compare += [str(root / name) for name in _EXPECTED_RUNS]
-  assert shlex.join(compare) in out
+  workdirs = ",".join(f'"{root / name}"' for name in _EXPECTED_RUNS)
+  compare = [sys.executable, "-m", "mipae_jax.main", "--mode=compare"]
+  assert shlex.join([*compare, f"--workdirs={workdirs}"]) in out
   assert not root.exists()
 
 
@@ -270,7 +270,7 @@ def test_sweep_local_mode_runs_every_stage_of_every_run(tmp_path, capsys, monkey
     "seed": 1,
     "model.dtype": "bfloat16",
   }
-  assert "mipae_jax.evaluate --compare" in capsys.readouterr().out
+  assert "mipae_jax.main --mode=compare '--workdirs=\"" in capsys.readouterr().out
 
 
 def test_sweep_slurm_mode_submits_one_array_whose_tasks_pick_their_run(
@@ -625,7 +625,13 @@ def test_tpu_pod_copies_this_checkout_to_the_workers(tmp_path):
   assert [shlex.split(call)[3] for call in calls] == ["scp", "ssh", "ssh"]
   with tarfile.open(tmp_path / "copied.tar.gz") as tree:
     members = set(tree.getnames())
-  assert {"configs/base.py", "launch/tpu_pod.sh", "mipae_jax/sweeps.py"} <= members
+  # The root's configs is a link to mipae_jax/configs: both travel.
+  assert {
+    "configs",
+    "mipae_jax/configs/base.py",
+    "launch/tpu_pod.sh",
+    "mipae_jax/sweeps.py",
+  } <= members
   assert not any(name.startswith(".git/") for name in members)
   assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -644,3 +650,324 @@ def test_shipped_get_sweep_expands_to_seeds_times_weights(config_file, weight):
   assert {run["seed"] for run in runs} == {0, 1}
   assert sorted({run[weight] for run in runs}) == [1e-5, 1e-4, 1e-3]
   assert len(set(sweeps.run_names(runs))) == 6
+
+
+# mipae_jax/main.py: one command line; mipae_jax.reproduce and
+# mipae_jax.evaluate --compare are aliases of it.
+
+
+@pytest.fixture
+def cli(monkeypatch):
+  """mipae_jax.main, run from the repository root (configs/ is relative)."""
+  from mipae_jax import main
+
+  monkeypatch.chdir(REPO_ROOT)
+  return main
+
+
+@pytest.fixture
+def reproduce_calls(monkeypatch):
+  """The keyword arguments of every reproduce.reproduce call, which does nothing."""
+  from mipae_jax import reproduce
+
+  calls = []
+
+  def fake_reproduce(**kwargs):
+    calls.append(kwargs)
+    return f"{kwargs['workdir']}/report.md"
+
+  monkeypatch.setattr(reproduce, "reproduce", fake_reproduce)
+  return calls
+
+
+def _package_config(name: str) -> str:
+  return str(REPO_ROOT / "mipae_jax" / "configs" / name)
+
+
+def test_reproduce_alias_translates_its_flags_into_mains():
+  from mipae_jax import reproduce
+
+  argv = [
+    "reproduce.py",
+    "--dataset=moving_dsprites",
+    "--scale",
+    "tiny",
+    "--workdir=/w",
+    "--methods=drnet",
+    "--override=num_train_steps=3",
+    "--override",
+    "eval.lpips_nets=('alex',)",
+    "--data_dir",
+    "/d",
+    "--manual_dir=/m",
+    "--verbosity=1",
+  ]
+  assert reproduce.main_argv(argv) == [
+    "reproduce.py",
+    "--mode=reproduce",
+    f"--config={_package_config('mipae_dsprites.py')}:tiny",
+    "--config.dataset.data_dir=/d",
+    "--config.dataset.manual_dir=/m",
+    "--config.num_train_steps=3",
+    "--config.eval.lpips_nets=('alex',)",
+    "--workdir=/w",
+    "--methods=drnet",
+    "--verbosity=1",
+  ]
+  # --scale defaults to reduced, as it did; paper is the config without a variant.
+  assert reproduce.main_argv(["r", "--dataset=moving_mnist", "--workdir=/w"])[2] == (
+    f"--config={_package_config('mipae_mnist.py')}:reduced"
+  )
+  paper = reproduce.main_argv(["r", "--dataset=moving_mpi3d", "--scale=paper"])
+  assert paper[2] == f"--config={_package_config('mipae_mpi3d.py')}"
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--workdir=/w"], "--dataset is required: one of moving_dsprites, "),
+    (["--dataset=cifar"], "--dataset=cifar: expected one of"),
+    (["--dataset=moving_mnist", "--scale=huge"], "--scale=huge: expected one of"),
+    (["--dataset=moving_mnist", "--override=seed"], "must be FIELD=VALUE"),
+  ],
+)
+def test_reproduce_alias_names_a_bad_old_flag(argv, message):
+  from mipae_jax import reproduce
+
+  with pytest.raises(ValueError, match=message):
+    reproduce.main_argv(["r", *argv])
+
+
+def test_reproduce_alias_makes_the_call_of_the_main_form(cli, reproduce_calls, capsys):
+  from mipae_jax import reproduce
+
+  alias = reproduce.main(
+    [
+      "reproduce.py",
+      "--dataset=moving_dsprites",
+      "--scale=tiny",
+      "--workdir=/w",
+      "--methods=drnet,mipae",
+      "--data_dir=/d",
+      "--override=eval.lpips_nets=('alex',)",
+      "--override=learning_rate=0.001",
+    ]
+  )
+  main_form = cli.call(
+    [
+      "main.py",
+      "--mode=reproduce",
+      "--config=configs/drnet_dsprites.py:tiny",
+      "--workdir=/w",
+      "--methods=drnet,mipae",
+      "--config.dataset.data_dir=/d",
+      "--config.eval.lpips_nets=('alex',)",
+      "--config.learning_rate=0.001",
+    ]
+  )
+  assert alias == main_form == "/w/report.md"
+  expected = {
+    "dataset": "moving_dsprites",
+    "scale": "tiny",
+    "workdir": "/w",
+    "methods": ("drnet", "mipae"),
+    "data_dir": "/d",
+    "manual_dir": None,
+    "overrides": {"eval.lpips_nets": ("alex",), "learning_rate": 0.001},
+  }
+  assert reproduce_calls == [expected, expected]
+  assert capsys.readouterr().out.count("Report: /w/report.md\n") == 2
+  # The flags are unparsed again after each in-process call.
+  assert not cli.FLAGS.is_parsed()
+
+
+def test_the_report_prints_a_command_that_makes_the_same_call(cli, reproduce_calls):
+  from mipae_jax import reproduce
+
+  arguments = {
+    "dataset": "moving_mnist",
+    "scale": "paper",
+    "workdir": "/runs/a b",
+    "methods": ("drnet",),
+    "data_dir": "/tfds",
+    "manual_dir": "/src",
+    "overrides": {"eval.lpips_nets": ("alex",), "num_train_steps": 30},
+  }
+  command = reproduce.reproduce_command(*arguments.values())
+  assert command.startswith(
+    "python -m mipae_jax.main --mode=reproduce --config=configs/drnet_mnist.py "
+    '--workdir="/runs/a b" --methods=drnet --config.dataset.data_dir=/tfds '
+  )
+  words = shlex.split(command)
+  assert words[:3] == ["python", "-m", "mipae_jax.main"]
+  cli.call(["main.py", *words[3:]])
+  assert reproduce_calls == [arguments]
+
+
+def test_reproduce_mode_exits_143_when_a_stage_stopped_early(cli, monkeypatch):
+  from mipae_jax import checkpointing, reproduce
+
+  def stopped(**kwargs):
+    raise reproduce.StageIncomplete("mipae main network stopped at step 2 of 4")
+
+  monkeypatch.setattr(reproduce, "reproduce", stopped)
+  argv = ["m", "--mode=reproduce", "--config=configs/mipae_dsprites.py:tiny"]
+  argv.append("--workdir=/w")
+  assert cli.call(argv) == checkpointing.PREEMPTED_EXIT_CODE == 143
+  cli.FLAGS(argv)
+  try:
+    assert cli.main(["m"]) == 143
+  finally:
+    cli._unparse()
+
+
+def test_compare_alias_makes_the_call_of_the_main_form(cli, monkeypatch, capsys):
+  from mipae_jax import compare, evaluate
+
+  calls = []
+
+  def fake_compare(workdirs, output_dir=None):
+    calls.append((list(workdirs), output_dir))
+    return "the table"
+
+  monkeypatch.setattr(compare, "compare", fake_compare)
+  sweep_run = "/s/mi_weight=1e-05,seed=0"
+  alias = evaluate.main(["--compare", "/a", sweep_run, "--output", "/out"])
+  # No --config: compare reads only the evaluated workdirs.
+  main_form = cli.call(
+    ["m", "--mode=compare", f'--workdirs=/a,"{sweep_run}"', "--workdir=/out"]
+  )
+  assert alias == main_form == "the table"
+  assert calls == [(["/a", sweep_run], "/out")] * 2
+  assert evaluate.main_argv(["e", "--compare=/a", "/b"]) == [
+    "e",
+    "--mode=compare",
+    "--workdirs=/a,/b",
+  ]
+  cli.call(["m", "--mode=compare", "--workdirs=/a,/b"])
+  assert calls[-1] == (["/a", "/b"], None)
+  assert capsys.readouterr().out == "the table\n" * 3
+  with pytest.raises(ValueError, match="--compare needs at least one"):
+    evaluate.main_argv(["e", "--output=/o"])
+
+
+def test_curves_take_workdirs_and_the_old_plot_with(cli, monkeypatch):
+  from mipae_jax import learning_curves
+
+  calls = []
+  monkeypatch.setattr(
+    learning_curves,
+    "learning_curves",
+    lambda config, workdir, others: calls.append((workdir, list(others))),
+  )
+  for flag in ("--workdirs", "--plot_with"):
+    cli.call(
+      [
+        "m",
+        "--mode=curves",
+        "--config=configs/mipae_dsprites.py:tiny",
+        "--workdir=/w",
+        f"{flag}=/x,/y",
+      ]
+    )
+  assert calls == [("/w", ["/x", "/y"])] * 2
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--workdir=/w"], "--mode=train needs --config=configs/<method>_<dataset>.py"),
+    (["--mode=eval", "--config=configs/mipae_mnist.py"], "--mode=eval needs --workdir"),
+    (["--mode=compare"], "--mode=compare needs --workdirs=DIR1,DIR2,..."),
+    (
+      ["--config=configs/mipae_mnist.py", "--workdir=/w", "--workdirs=/x"],
+      "--workdirs is read by --mode=curves and compare, not --mode=train",
+    ),
+    (
+      ["--mode=curves", "--config=configs/mipae_mnist.py", "--workdir=/w"]
+      + ["--methods=drnet"],
+      "--methods is read by --mode=reproduce, not --mode=curves",
+    ),
+    (
+      ["--mode=reproduce", "--config=configs/mipae_mnist.py:smoke", "--workdir=/w"],
+      "runs the config variants reduced and tiny, or none",
+    ),
+    (
+      ["--mode=reproduce", "--config=configs/mipae_mnist.py", "--workdir=/w"]
+      + ["--methods=mipae,vae"],
+      "--methods=mipae,vae: expected some of mipae,drnet, each once",
+    ),
+    (
+      ["--mode=reproduce", "--config=configs/mipae_mnist.py", "--workdir=/w"]
+      + ["--config.method=drnet"],
+      "--methods chooses the methods",
+    ),
+  ],
+  ids=[
+    "no_config",
+    "no_workdir",
+    "compare_without_workdirs",
+    "workdirs_for_train",
+    "methods_for_curves",
+    "reproduce_variant",
+    "unknown_method",
+    "config_method",
+  ],
+)
+def test_flags_a_mode_cannot_run_with_are_one_usage_error(cli, argv, message):
+  from absl import app
+
+  with pytest.raises(app.UsageError) as error:
+    cli.call(["m", *argv])
+  assert message in str(error.value)
+  assert "\n" not in str(error.value)
+  assert not cli.FLAGS.is_parsed()
+
+
+@pytest.mark.parametrize(
+  ("module", "args", "last_line"),
+  [
+    (
+      "mipae_jax.main",
+      ["--workdir=/nonexistent/w"],
+      "--mode=train needs --config=configs/<method>_<dataset>.py[:variant].",
+    ),
+    (
+      "mipae_jax.reproduce",
+      ["--workdir=/nonexistent/w"],
+      "FATAL Flags parsing error: --dataset is required: one of moving_dsprites, "
+      "moving_mnist, moving_mpi3d.",
+    ),
+  ],
+  ids=["main", "reproduce_alias"],
+)
+def test_a_usage_error_is_the_last_line_and_exits_1(module, args, last_line):
+  result = subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == last_line
+  assert "Traceback" not in result.stderr
+
+
+def test_hints_under_reproduce_name_each_methods_own_config_file(cli, monkeypatch):
+  from mipae_jax import config_validation, reproduce
+
+  argv = ["m", "--mode=reproduce", "--config=configs/mipae_dsprites.py:tiny"]
+  argv += ["--workdir=/w", "--config.seed=3"]
+  monkeypatch.setattr(sys, "argv", argv)
+  cli.FLAGS(argv)
+  try:
+    for method in ("mipae", "drnet"):
+      config = reproduce.build_config("moving_dsprites", method, "tiny")
+      assert config_validation.command(config, f"/w/{method}", "train") == (
+        f"python -m mipae_jax.main --config=configs/{method}_dsprites.py:tiny "
+        f"--config.seed=3 --workdir=/w/{method} --mode=train"
+      )
+  finally:
+    cli._unparse()

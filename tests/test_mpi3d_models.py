@@ -297,3 +297,49 @@ def test_bfloat16_activations_keep_float32_params(frames):
 def test_encoders_reject_frames_that_are_not_64x64(module):
   with pytest.raises(ValueError, match="64, 64"):
     init_shapes(module(8), jnp.zeros((BATCH, 32, 32, CHANNELS)))
+
+
+def _network(name, conv_impl):
+  return {
+    "content": lambda: vgg.VGGContentEncoder(CONTENT_DIM, conv_impl=conv_impl),
+    "pose": lambda: resnet.ResNetPoseEncoder(POSE_DIM, conv_impl=conv_impl),
+    "decoder": lambda: vgg.VGGDecoder(
+      CHANNELS, skip_connections=True, conv_impl=conv_impl
+    ),
+  }[name]()
+
+
+@pytest.mark.parametrize("name", ["content", "pose", "decoder"])
+def test_conv_impl_changes_the_head_form_not_the_params_or_outputs(
+  name, variables, frames
+):
+  """Both conv_impls build the same variables and, from them, the same
+  outputs; under "fast" the head conv (VGG decoder: its input transposed conv,
+  between a 1x1 and a 4x4 map) is a matrix product, one convolution fewer."""
+  rng = np.random.RandomState(0)
+  if name == "decoder":
+    skip_shapes = [(64, 64, 64), (32, 32, 128), (16, 16, 256), (8, 8, 512)]
+    inputs = (
+      jnp.asarray(rng.randn(BATCH, CONTENT_DIM), jnp.float32),
+      jnp.asarray(rng.randn(BATCH, POSE_DIM), jnp.float32),
+      tuple(jnp.asarray(rng.rand(BATCH, *s), jnp.float32) for s in skip_shapes),
+    )
+  else:
+    inputs = (frames[0],)
+  outputs, convolutions = {}, {}
+  for conv_impl in ("plain", "fast"):
+    module = _network(name, conv_impl)
+    assert jax.tree.map(jnp.shape, init_shapes(module, *inputs)) == jax.tree.map(
+      jnp.shape, variables[name]
+    )
+    apply = jax.jit(functools.partial(module.apply, train=False))
+    convolutions[conv_impl] = (
+      apply.lower(variables[name], *inputs).as_text().count("stablehlo.convolution")
+    )
+    outputs[conv_impl] = apply(variables[name], *inputs)
+  assert convolutions["fast"] == convolutions["plain"] - 1
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+    outputs["fast"],
+    outputs["plain"],
+  )

@@ -11,7 +11,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from mipae_jax import checkpointing, train
+from mipae_jax import checkpointing, train, train_state
 from mipae_jax.models.networks import build_networks
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
@@ -61,9 +61,9 @@ def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
   networks = build_networks(cfg, 3)
 
   def init_fn(rng):  # the workers train with SGD
-    state = train.create_train_state(networks, cfg, rng, (64, 64, 3))
+    state = train_state.create_train_state(networks, cfg, rng, (64, 64, 3))
     return state.replace(
-      opt_state=train.init_opt_state(train.optax.sgd(1.0), state.params)
+      opt_state=train_state.init_opt_state(train.optax.sgd(1.0), state.params)
     )
 
   state, step = checkpoints.restore_trained(init_fn)

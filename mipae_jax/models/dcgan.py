@@ -1,7 +1,8 @@
 """DCGAN 64x64 encoder and decoder (Sec. IV-A, Moving MNIST and dSprites).
 
 The same encoder class serves as `content_encoder` (|z_c| = 128, returning its
-block outputs as U-Net skips) and as `pose_encoder` (|z_p| = 5). The decoder
+block outputs as U-Net skips) and as `pose_encoder` (|z_p| = 5, the code
+alone: `return_skips=False`). The decoder
 mirrors it with transposed convolutions and decodes concat(z_c, z_p).
 """
 
@@ -19,22 +20,23 @@ _BLOCK_FEATURES = (64, 128, 256, 512)
 class DCGANEncoder(nn.Module):
   """Four 4x4/stride-2 conv blocks (64..512), a 4x4 valid conv, BN, tanh.
 
-  Returns the code [B, latent_dim] and the four block outputs (64x32x32 ..
-  512x4x4) as skips for the decoder.
+  Returns the code [B, latent_dim] and, with `return_skips`, the four block
+  outputs (64x32x32 .. 512x4x4) as skips for the decoder.
   """
 
   latent_dim: int
-  conv_impl: str = "fast"
+  conv_impl: str = "auto"
   dtype: Any = jnp.float32
+  return_skips: bool = True
 
   @nn.compact
   def __call__(
     self, x: jnp.ndarray, train: bool
-  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
+  ) -> jnp.ndarray | tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     h = x.astype(self.dtype)
     skips = []
     for i, features in enumerate(_BLOCK_FEATURES, start=1):
-      h = layers.Conv2D(
+      h = layers.conv(
         features,
         kernel_size=(4, 4),
         strides=(2, 2),
@@ -47,7 +49,7 @@ class DCGANEncoder(nn.Module):
       h = layers.batch_norm(train, self.dtype, f"bn{i}")(h)
       h = nn.leaky_relu(h, 0.2)
       skips.append(h)
-    h = layers.Conv2D(
+    h = layers.conv(
       self.latent_dim,
       kernel_size=(4, 4),
       padding="VALID",
@@ -58,7 +60,7 @@ class DCGANEncoder(nn.Module):
     )(h)
     h = layers.batch_norm(train, self.dtype, f"bn{len(_BLOCK_FEATURES) + 1}")(h)
     code = jnp.tanh(h).reshape(h.shape[0], self.latent_dim)
-    return code, tuple(skips)
+    return (code, tuple(skips)) if self.return_skips else code
 
 
 class DCGANDecoder(nn.Module):
@@ -72,7 +74,7 @@ class DCGANDecoder(nn.Module):
 
   out_channels: int
   skip_connections: bool = False
-  conv_impl: str = "fast"
+  conv_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -87,7 +89,7 @@ class DCGANDecoder(nn.Module):
       raise ValueError("skip_connections=True needs the encoder's 4 skips.")
     h = jnp.concatenate([content_code, pose_code], axis=-1).astype(self.dtype)
     h = h[:, None, None, :]
-    h = layers.ConvTranspose2D(
+    h = layers.conv_transpose(
       _BLOCK_FEATURES[-1],
       kernel_size=(4, 4),
       padding="VALID",
@@ -101,7 +103,7 @@ class DCGANDecoder(nn.Module):
     for i, features in enumerate(out_features, start=2):
       if self.skip_connections:
         h = jnp.concatenate([h, skips[len(_BLOCK_FEATURES) + 1 - i]], axis=-1)
-      h = layers.ConvTranspose2D(
+      h = layers.conv_transpose(
         features,
         kernel_size=(4, 4),
         strides=(2, 2),

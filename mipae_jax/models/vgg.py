@@ -6,6 +6,10 @@ max-pooling between them, then a 4x4 valid conv to |z_c|, BatchNorm and tanh.
 D mirrors it with nearest-neighbour upsampling in place of pooling and, in
 U-Net style, concatenates each content-encoder stage output with the
 upsampled decoder features of the same resolution.
+
+`conv_impl` is `layers.conv`'s impl. Under "fast" only the 4x4 head conv and
+the decoder's input transposed conv (between a 1x1 and a 4x4 map) change
+form, to one matrix product each; the 3x3 convs run as `lax` convs either way.
 """
 
 from collections.abc import Sequence
@@ -36,14 +40,16 @@ class VGGBlock(nn.Module):
   """3x3 conv (padding 1), BatchNorm, LeakyReLU(0.2)."""
 
   features: int
+  conv_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    x = nn.Conv(
+    x = layers.conv(
       self.features,
       kernel_size=(3, 3),
       padding=((1, 1), (1, 1)),
+      impl=self.conv_impl,
       kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="conv",
@@ -60,6 +66,7 @@ class VGGContentEncoder(nn.Module):
   """
 
   content_dim: int
+  conv_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -77,15 +84,19 @@ class VGGContentEncoder(nn.Module):
       if stage > 1:
         h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
       for block, features in enumerate(widths, start=1):
-        h = VGGBlock(features, dtype=self.dtype, name=f"stage{stage}_block{block}")(
-          h, train
-        )
+        h = VGGBlock(
+          features,
+          conv_impl=self.conv_impl,
+          dtype=self.dtype,
+          name=f"stage{stage}_block{block}",
+        )(h, train)
       skips.append(h)
     h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
-    h = nn.Conv(
+    h = layers.conv(
       self.content_dim,
       kernel_size=(4, 4),
       padding="VALID",
+      impl=self.conv_impl,
       kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="head_conv",
@@ -107,6 +118,7 @@ class VGGDecoder(nn.Module):
 
   out_channels: int
   skip_connections: bool = True
+  conv_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -123,10 +135,11 @@ class VGGDecoder(nn.Module):
         "skips."
       )
     h = jnp.concatenate([content_code, pose_code], axis=-1).astype(self.dtype)
-    h = nn.ConvTranspose(
+    h = layers.conv_transpose(
       ENCODER_STAGES[-1][-1],
       kernel_size=(4, 4),
       padding="VALID",
+      impl=self.conv_impl,
       kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="input_upconv",
@@ -143,13 +156,17 @@ class VGGDecoder(nn.Module):
           )
         h = jnp.concatenate([h, skip.astype(self.dtype)], axis=-1)
       for block, features in enumerate(widths, start=1):
-        h = VGGBlock(features, dtype=self.dtype, name=f"stage{stage}_block{block}")(
-          h, train
-        )
-    h = nn.Conv(
+        h = VGGBlock(
+          features,
+          conv_impl=self.conv_impl,
+          dtype=self.dtype,
+          name=f"stage{stage}_block{block}",
+        )(h, train)
+    h = layers.conv(
       self.out_channels,
       kernel_size=(3, 3),
       padding=((1, 1), (1, 1)),
+      impl=self.conv_impl,
       kernel_init=initializers.weight_init,
       dtype=self.dtype,
       name="output_conv",

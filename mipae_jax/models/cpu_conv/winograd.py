@@ -1,6 +1,6 @@
 """A 2x2 stride-1 VALID convolution by Winograd's minimal filtering F(2x2, 2x2).
 
-In space-to-depth form (`layers._space_to_depth_input`) every 4x4 stride-2
+In space-to-depth form (`geometry.space_to_depth_input`) every 4x4 stride-2
 conv of the DCGAN networks is a 2x2 stride-1 VALID conv, and every 4x4
 stride-2 transposed conv is the transpose (in its input) of one. F(2x2, 2x2)
 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)

@@ -13,13 +13,14 @@ from mipae_jax import (
   config_validation,
   input_pipeline,
   objectives,
+  restore,
   train,
 )
 
 
 def _params(workdir, config):
   info = input_pipeline.dataset_info(config.dataset)
-  _, variables, step = train.load_main_network(config, str(workdir), info)
+  _, variables, step = restore.load_main_network(config, str(workdir), info)
   return jax.device_get(variables), step
 
 

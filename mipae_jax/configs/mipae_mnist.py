@@ -2,16 +2,17 @@
 
   python -m mipae_jax.main --config=configs/mipae_mnist.py --workdir=/tmp/mipae_mnist \
       --config.dataset.manual_dir=/path/to/mnist_idx_files
-Small CPU variant: --config=configs/mipae_mnist.py:smoke
+Variants (configs/base.py, VARIANTS): `:reduced`, `:smoke` (small CPU run),
+`:tiny`, `:long_cpu`, e.g. --config=configs/mipae_mnist.py:smoke
 """
 
 import ml_collections
 
-from configs import base
+from mipae_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """MIPAE / Moving MNIST; `arg="smoke"` gives the small CPU variant."""
+  """MIPAE / Moving MNIST; `arg`: a variant of base.VARIANTS, or none."""
   config = base.get_base_config()
   config.method = "mipae"
   config.dataset.name = "moving_mnist"
@@ -24,8 +25,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Partial MIG (digit labels only) on test-video frames: no static MNIST
   # frames exist, so this protocol is not calibrated.
   config.eval.mig_protocol = "video_frames"
-  if arg == "smoke":
-    base.apply_smoke(config)
-  elif arg is not None:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'smoke' or none.")
-  return config
+  return base.apply_variant(config, arg)

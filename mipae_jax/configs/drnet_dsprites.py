@@ -3,15 +3,15 @@
 Same data, architecture, optimiser and number of training frames as
 configs/mipae_dsprites.py (Sec. IV-A: "for fair comparison").
   python -m mipae_jax.main --config=configs/drnet_dsprites.py --workdir=/tmp/drnet_dsprites
-Small CPU variant: --config=configs/drnet_dsprites.py:smoke
+Variants as configs/mipae_dsprites.py, e.g. --config=configs/drnet_dsprites.py:smoke
 CPU long run: --config=configs/drnet_dsprites.py:long_cpu --workdir=workdir_long/drnet
 Seeds x adversarial weight: python launch/sweep.py --config=configs/drnet_dsprites.py --workdir_root=DIR
 """
 
 import ml_collections
 
-from configs import mipae_dsprites
 from mipae_jax import sweeps
+from mipae_jax.configs import mipae_dsprites
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

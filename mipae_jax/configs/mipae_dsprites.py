@@ -3,7 +3,9 @@
   python -m mipae_jax.main --config=configs/mipae_dsprites.py --workdir=/tmp/mipae_dsprites
   ... --mode=train_lstm   (stage 2: the pose LSTM, same workdir)
   ... --mode=eval         (PSNR/SSIM/LPIPS curves, MIG, swap grids)
-Small CPU variant (embedded renderer, a few minutes):
+Variants (configs/base.py, VARIANTS): `:reduced` (the reproduction's reduced
+scale), `:smoke` (embedded renderer, a few minutes), `:tiny` (seconds, for
+tests) and `:long_cpu`, e.g.
   python -m mipae_jax.main --config=configs/mipae_dsprites.py:smoke --workdir=/tmp/smoke
 CPU long run (batch 16, resumable; docs/results.md "Long run"):
   python -m mipae_jax.main --config=configs/mipae_dsprites.py:long_cpu --workdir=workdir_long/mipae
@@ -12,12 +14,12 @@ Seeds x MI weight: python launch/sweep.py --config=configs/mipae_dsprites.py --w
 
 import ml_collections
 
-from configs import base
 from mipae_jax import sweeps
+from mipae_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """MIPAE / Moving dSprites; `arg`: "smoke" (small CPU run), "long_cpu"."""
+  """MIPAE / Moving dSprites; `arg`: a variant of base.VARIANTS, or none."""
   config = base.get_base_config()
   config.method = "mipae"
   config.dataset.name = "moving_dsprites"
@@ -27,15 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pose_dim = 5
   # 600 steps x 400 epochs in the reference.
   config.num_train_steps = 240_000
-  if arg == "smoke":
-    base.apply_smoke(config)
-  elif arg == "long_cpu":
-    base.apply_long_cpu(config)
-  elif arg is not None:
-    raise ValueError(
-      f"Unknown config variant {arg!r}; expected 'smoke', 'long_cpu' or none."
-    )
-  return config
+  return base.apply_variant(config, arg)
 
 
 def get_sweep(arg: str | None = None) -> list[sweeps.Overrides]:

@@ -1,11 +1,36 @@
-"""Base configuration shared by every MIPAE / DRNET experiment.
+"""Base configuration shared by every MIPAE / DRNET experiment, and its variants.
 
 Not launched directly: each `configs/{mipae,drnet}_{mnist,dsprites,mpi3d}.py`
-imports `get_base_config()` and overrides what differs. Defaults are the
-paper's (Sec. IV-A) and the authors' reference implementation's.
+imports `get_base_config()`, overrides what differs and ends with
+`apply_variant(config, arg)`. Defaults are the paper's (Sec. IV-A) and the
+authors' reference implementation's.
+
+Variants, the `:ARG` of `--config=configs/mipae_dsprites.py:ARG` (`VARIANTS`);
+none keeps the paper's settings. Architectures, losses and optimisers stay
+the paper's in every variant:
+  reduced   the `python -m mipae_jax.main --mode=reproduce` runs: same
+            data, batch 16, 6,000 main and 1,200 LSTM steps, 500 test
+            sequences, MIG on 20k frames, LPIPS alex only (about 1.5 hours
+            for both methods on a 2-core CPU; mipae_jax/paper.py,
+            REDUCED_RATIONALE).
+  smoke     a few-minute CPU run on the small embedded dataset: batch 16, 60
+            steps per stage, 10 predicted frames of 32 test sequences, MIG on
+            2,000 frames; videos of the paper's length (15 frames, 5 + 10 for
+            the LSTM).
+  tiny      seconds per stage, for the tests and `--scale=tiny`: the small
+            dataset with 6-frame videos, batch 8, 4 steps per stage, an LSTM
+            on 3 + 4 frames, 3 predicted frames of 8 test sequences, MIG on
+            200 frames, LPIPS alex only.
+  long_cpu  the CPU long run (docs/results.md, "Long run"): the paper's
+            steps at batch 16, checkpoints every 500 steps (40 kept).
 """
 
+from collections.abc import Callable
+
 import ml_collections
+
+# Changes a paper config in place into a variant, and returns it.
+Variant = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -41,15 +66,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.pose_dim = 5
   # U-Net skips from the content encoder into the decoder.
   config.model.skip_connections = False
-  # Convolution implementation: "fast" (reformulations quick on CPU, equal
-  # up to float rounding: space-to-depth, Winograd F(2x2, 2x2), ...; see
-  # models/layers.py) or "plain" (nn.Conv/ConvTranspose; use it on GPU/TPU).
-  config.model.conv_impl = "fast"
+  # Convolution implementation (models/layers.py): "plain" (nn.Conv /
+  # nn.ConvTranspose), "fast" (reformulations quick on XLA CPU, equal up to
+  # float rounding: space-to-depth, Winograd F(2x2, 2x2), ...; see
+  # models/cpu_conv) or "auto": "fast" on the CPU backend, else "plain".
+  # The parameters are the same, so checkpoints move between them.
+  config.model.conv_impl = "auto"
   # Frames per device in each call of a frozen encoder (stage 2, prediction,
   # evaluation); the frames are run in consecutive calls of about this many.
   # 16 keeps XLA CPU's working set in cache (stage 2 is 1.2-1.4x faster
-  # than in one call); 0 runs them all in one call (use 0 on GPU / TPU).
-  config.model.inference_frames_per_call = 16
+  # than in one call); 0 runs them all in one call. "auto": 16 on the CPU
+  # backend, else 0. (Typed object, so that an int may replace "auto".)
+  config.model.inference_frames_per_call = ml_collections.FieldReference(
+    "auto", field_type=object
+  )
   # Activation dtype: "float32", or "bfloat16" (parameters and optimiser
   # state stay float32).
   config.model.dtype = "float32"
@@ -144,12 +174,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def _schedule(
+  node: ml_collections.ConfigDict,
+  batch: int,
+  steps: int,
+  log: int,
+  image: int,
+  checkpoint: int,
+) -> None:
+  """Sets a training stage's batch, steps and logging, image and checkpoint
+  periods: `config` for the main network, `config.lstm` for the pose LSTM."""
+  node.update(
+    batch_size=batch,
+    num_train_steps=steps,
+    log_every_steps=log,
+    image_every_steps=image,
+    checkpoint_every_steps=checkpoint,
+  )
+
+
 def apply_long_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The CPU long run (docs/results.md, "Long run"): batch 16, a checkpoint
   every 500 steps (the last 40 kept, about 130 MB each) so that a stopped
   session loses little; resumes where it stopped."""
   config.batch_size = 16
-  config.num_train_steps = 240_000
   config.log_every_steps = 100
   config.image_every_steps = 2_000
   config.checkpoint_every_steps = 500
@@ -157,21 +205,67 @@ def apply_long_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
+def apply_reduced(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The reproduction's reduced scale (mipae_jax/paper.py, REDUCED_RATIONALE):
+  same data, batch 16, 6,000 main and 1,200 LSTM steps, a shorter evaluation."""
+  _schedule(config, batch=16, steps=6_000, log=100, image=3_000, checkpoint=500)
+  _schedule(config.lstm, batch=16, steps=1_200, log=100, image=1_200, checkpoint=300)
+  config.eval.update(
+    batch_size=50, num_sequences=500, num_mig_frames=20_000, lpips_nets=("alex",)
+  )
+  return config
+
+
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config for a few-minute CPU run; architectures stay the same."""
   config.dataset.builder_config = f"{config.dataset.builder_config}_small"
-  config.batch_size = 16
-  config.num_train_steps = 60
-  config.log_every_steps = 10
-  config.image_every_steps = 30
-  config.checkpoint_every_steps = 30
-  config.lstm.batch_size = 16
-  config.lstm.num_train_steps = 60
-  config.lstm.log_every_steps = 10
-  config.lstm.image_every_steps = 30
-  config.lstm.checkpoint_every_steps = 30
-  config.eval.batch_size = 16
-  config.eval.num_future = 10
-  config.eval.num_sequences = 32
-  config.eval.num_mig_frames = 2_000
+  _schedule(config, batch=16, steps=60, log=10, image=30, checkpoint=30)
+  _schedule(config.lstm, batch=16, steps=60, log=10, image=30, checkpoint=30)
+  config.eval.update(
+    batch_size=16, num_future=10, num_sequences=32, num_mig_frames=2_000
+  )
   return config
+
+
+def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Seconds per stage on the small dataset's first frames, for tests."""
+  config.dataset.builder_config = f"{config.dataset.builder_config}_small"
+  config.dataset.num_frames = 6
+  _schedule(config, batch=8, steps=4, log=2, image=4, checkpoint=2)
+  _schedule(config.lstm, batch=8, steps=4, log=2, image=4, checkpoint=2)
+  config.lstm.update(num_context=3, num_future=4)
+  config.eval.update(
+    batch_size=8,
+    num_future=3,
+    num_sequences=8,
+    num_mig_frames=200,
+    lpips_nets=("alex",),
+  )
+  return config
+
+
+# Variant name -> the function that applies it to a paper config.
+VARIANTS: dict[str, Variant] = {
+  "reduced": apply_reduced,
+  "smoke": apply_smoke,
+  "tiny": apply_tiny,
+  "long_cpu": apply_long_cpu,
+}
+
+
+def apply_variant(
+  config: ml_collections.ConfigDict, arg: str | None
+) -> ml_collections.ConfigDict:
+  """`config` at the variant `arg` of a `--config=FILE.py:arg` (None or "":
+  the paper's settings), changed in place.
+
+  Raises:
+    ValueError: `arg` names no variant; the message lists them.
+  """
+  if not arg:
+    return config
+  if arg not in VARIANTS:
+    raise ValueError(
+      f"Unknown config variant {arg!r}; expected one of {', '.join(VARIANTS)} or none."
+    )
+  return VARIANTS[arg](config)

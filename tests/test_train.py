@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import drnet_dsprites, mipae_dsprites
-from mipae_jax import sharding, train
+from mipae_jax import sharding, train, train_state
+from mipae_jax.configs import drnet_dsprites, mipae_dsprites
 from mipae_jax.models import dcgan
 from mipae_jax.models.networks import build_networks
 
@@ -64,7 +64,7 @@ def test_dcgan_decoder_parameter_count_and_shapes(skip_connections):
 
 def _setup(config, mesh):
   networks = build_networks(config, 3)
-  state, state_sharding = train.init_state(networks, config, mesh, (64, 64, 3))
+  state, state_sharding = train_state.init_state(networks, config, mesh, (64, 64, 3))
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
   return networks, state, step_fn
 
@@ -151,8 +151,8 @@ def _sgd_steps(config, devices, num_steps=2):
   sgd = optax.sgd(1.0)
   mesh = sharding.create_mesh(devices)
   networks = build_networks(config, 3)
-  state, _ = train.init_state(networks, config, mesh, (64, 64, 3))
-  state = state.replace(tx=sgd, opt_state=train.init_opt_state(sgd, state.params))
+  state, _ = train_state.init_state(networks, config, mesh, (64, 64, 3))
+  state = state.replace(tx=sgd, opt_state=train_state.init_opt_state(sgd, state.params))
   state_sharding = _replicated_like(state, mesh)
   step_fn = train.make_train_step(networks, config, mesh, state_sharding)
   for i in range(num_steps):

@@ -5,16 +5,17 @@
 DIR is the directory holding mpi3d_real.npz (about 12 GB, from
 https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/mpi3d_real.npz),
 the file datasets/moving_mpi3d.py reads (MPI3D_FILE).
-Small CPU variant: --config=configs/mipae_mpi3d.py:smoke
+Variants (configs/base.py, VARIANTS): `:reduced`, `:smoke` (small CPU run),
+`:tiny`, `:long_cpu`, e.g. --config=configs/mipae_mpi3d.py:smoke
 """
 
 import ml_collections
 
-from configs import base
+from mipae_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """MIPAE / Moving MPI3D-real; `arg="smoke"` gives the small CPU variant."""
+  """MIPAE / Moving MPI3D-real; `arg`: a variant of base.VARIANTS, or none."""
   config = base.get_base_config()
   config.method = "mipae"
   config.dataset.name = "moving_mpi3d"
@@ -26,8 +27,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.skip_connections = True
   # 600 steps x 200 epochs in the reference.
   config.num_train_steps = 120_000
-  if arg == "smoke":
-    base.apply_smoke(config)
-  elif arg is not None:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'smoke' or none.")
-  return config
+  return base.apply_variant(config, arg)

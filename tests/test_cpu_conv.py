@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from mipae_jax.models import winograd
+from mipae_jax.models.cpu_conv import winograd
 
 
 def _direct(z, kernel):
