@@ -107,6 +107,13 @@ def check_state_finite(state: Any, step: int, latest: int | None) -> None:
     )
 
 
+def averages(*names: str, **others: type[metrics.Metric]) -> type[metrics.Collection]:
+  """A clu Collection averaging each of the step outputs `names` over steps,
+  plus the metrics `others` (name -> metric class)."""
+  fields = {name: metrics.Average.from_output(name) for name in names}
+  return metrics.Collection.create(**fields, **others)
+
+
 def scalars(values: dict[str, Any], prefix: str = "train") -> dict[str, Any]:
   """`prefix`_name -> value; a vector value of `name` gives one scalar
   `prefix`_nameNN per element (NN = index + 2: for the pose LSTM's

@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,34 +27,20 @@ from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks, build_networks
 from mipae_jax.train_state import TrainState, abstract_state, init_state, split_params
 
-
-@flax.struct.dataclass
-class MipaeMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  recon_loss: metrics.Average.from_output("recon_loss")
-  sim_loss: metrics.Average.from_output("sim_loss")
-  mi_estimate: metrics.Average.from_output("mi_estimate")
-  critic_loss: metrics.Average.from_output("critic_loss")
-  critic_accuracy: metrics.Average.from_output("critic_accuracy")
-  grad_norm: metrics.Average.from_output("grad_norm")
-  critic_grad_norm: metrics.Average.from_output("critic_grad_norm")
-  param_norm: metrics.Average.from_output("param_norm")
-
-
-@flax.struct.dataclass
-class DrnetMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  recon_loss: metrics.Average.from_output("recon_loss")
-  sim_loss: metrics.Average.from_output("sim_loss")
-  adversarial_loss: metrics.Average.from_output("adversarial_loss")
-  discriminator_loss: metrics.Average.from_output("discriminator_loss")
-  discriminator_accuracy: metrics.Average.from_output("discriminator_accuracy")
-  grad_norm: metrics.Average.from_output("grad_norm")
-  critic_grad_norm: metrics.Average.from_output("critic_grad_norm")
-  param_norm: metrics.Average.from_output("param_norm")
-
-
-METRICS = {"mipae": MipaeMetrics, "drnet": DrnetMetrics}
+_SHARED_METRICS = ("loss", "recon_loss", "sim_loss", "grad_norm", "critic_grad_norm")
+# The clu metric collection of each method: averages of these step outputs.
+METRICS = {
+  "mipae": loop.averages(
+    *_SHARED_METRICS, "mi_estimate", "critic_loss", "critic_accuracy", "param_norm"
+  ),
+  "drnet": loop.averages(
+    *_SHARED_METRICS,
+    "adversarial_loss",
+    "discriminator_loss",
+    "discriminator_accuracy",
+    "param_norm",
+  ),
+}
 
 
 def take_frame(video: jnp.ndarray, index: jax.Array) -> jnp.ndarray:

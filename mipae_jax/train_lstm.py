@@ -8,7 +8,6 @@ beside the main network's, which are only read.
 
 import functools
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,15 +34,14 @@ from mipae_jax.train_state import (
   create_lstm_state,
 )
 
-
-@flax.struct.dataclass
-class LSTMMetrics(metrics.Collection):
-  pose_loss: metrics.Average.from_output("pose_loss")
-  future_pose_loss: metrics.Average.from_output("future_pose_loss")
-  # The loss of each predicted step, logged as train_pose_loss_tNN.
-  pose_loss_t: loop.VectorAverage.from_output("pose_loss_t")
-  grad_norm: metrics.Average.from_output("grad_norm")
-  param_norm: metrics.Average.from_output("param_norm")
+# The loss of each predicted step, pose_loss_t, is logged as train_pose_loss_tNN.
+LSTMMetrics = loop.averages(
+  "pose_loss",
+  "future_pose_loss",
+  "grad_norm",
+  "param_norm",
+  pose_loss_t=loop.VectorAverage.from_output("pose_loss_t"),
+)
 
 
 def pose_targets(
@@ -64,7 +62,7 @@ def lstm_train_step(
   main: Variables,
   state: LSTMState,
   batch: dict[str, jnp.ndarray],
-) -> tuple[LSTMState, LSTMMetrics]:
+) -> tuple[LSTMState, metrics.Collection]:
   """One Adam step on || z^_p^{2:C+T} - E_p(x^{2:C+T}) ||^2 (Sec. III)."""
   num_context, horizon = lstm_config.num_context, lstm_config.num_future
   video = batch["video"][:, : num_context + horizon]

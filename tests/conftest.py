@@ -2,13 +2,7 @@
 
 import os
 
-# 8 fake CPU devices; LLVM at optimisation level 0: XLA compiles 25-30 % faster
-# and the tiny test steps run hardly slower (tests only compare runs with each
-# other or with tolerances; benchmarks and real runs keep the default level).
-os.environ.setdefault(
-  "XLA_FLAGS",
-  "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402

@@ -30,7 +30,9 @@ class TinyEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    h = nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
+    # No bias before BatchNorm: it would get no gradient, and every other
+    # parameter is checked to move.
+    h = nn.Dense(self.latent_dim, use_bias=False)(x.reshape(x.shape[0], -1))
     h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
     return (jnp.tanh(h), ()) if self.return_skips else jnp.tanh(h)
 
@@ -38,7 +40,7 @@ class TinyEncoder(nn.Module):
 class TinyDecoder(nn.Module):
   @nn.compact
   def __call__(self, content, pose, skips, train):
-    h = nn.Dense(H * W * C)(jnp.concatenate([content, pose], -1))
+    h = nn.Dense(H * W * C, use_bias=False)(jnp.concatenate([content, pose], -1))
     h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
     return nn.sigmoid(h).reshape(-1, H, W, C)
 

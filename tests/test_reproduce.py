@@ -71,6 +71,7 @@ def _record_stages(monkeypatch) -> list[str]:
   return calls
 
 
+@pytest.mark.slow
 def test_report_table_i_holds_each_methods_measured_mig(reproduced):
   workdir, report_path = reproduced
   text = open(report_path).read()
@@ -88,6 +89,7 @@ def test_report_table_i_holds_each_methods_measured_mig(reproduced):
     assert printed[-1] == "-"
 
 
+@pytest.mark.slow
 def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduced):
   workdir, report_path = reproduced
   text = open(report_path).read()
@@ -107,6 +109,7 @@ def test_report_frame_metrics_and_comparison_come_from_the_evaluations(reproduce
   assert "LPIPS-alex at frame 3:" in text
 
 
+@pytest.mark.slow
 def test_report_images_exist_beside_it(reproduced):
   workdir, report_path = reproduced
   links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", open(report_path).read())
@@ -122,6 +125,7 @@ def test_report_images_exist_beside_it(reproduced):
     assert (workdir / link).read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_wall_time_of_every_stage_is_measured_and_stored(reproduced):
   workdir, report_path = reproduced
   timings = json.loads((workdir / reproduce.TIMINGS_FILE).read_text())
@@ -136,6 +140,7 @@ def test_wall_time_of_every_stage_is_measured_and_stored(reproduced):
   assert all(re.fullmatch(r"\d+:\d\d:\d\d", row[2]) for row in stage_rows)
 
 
+@pytest.mark.slow
 def test_report_states_settings_and_commands(reproduced):
   workdir, report_path = reproduced
   text = open(report_path).read()
@@ -155,6 +160,7 @@ def test_report_states_settings_and_commands(reproduced):
   assert f"--workdir={workdir}/drnet --mode=train_lstm" in text
 
 
+@pytest.mark.slow
 def test_second_call_skips_every_stage(reproduced, dsprites_data_dir, monkeypatch):
   workdir, report_path = reproduced
   timings_before = (workdir / reproduce.TIMINGS_FILE).read_text()
@@ -169,6 +175,7 @@ def test_second_call_skips_every_stage(reproduced, dsprites_data_dir, monkeypatc
   assert (workdir / reproduce.TIMINGS_FILE).read_text() == timings_before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_each_stage_where_it_stopped(
   reproduced, dsprites_data_dir, tmp_path, monkeypatch
 ):
