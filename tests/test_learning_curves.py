@@ -21,6 +21,7 @@ def test_reconstruction_errors_of_a_copy_and_of_black_frames():
     assert black[f"black_mse_{channel}"] > 0.1
 
 
+@pytest.mark.slow
 def test_curves_score_every_checkpoint_once_and_plot(
   tmp_path, trained_workdir, dsprites_data_dir
 ):

@@ -123,6 +123,7 @@ def test_step_runs_once_compiled_and_reports_every_loss(config_module):
   assert int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_steps_lower_the_reconstruction_loss():
   config = _small(mipae_dsprites)
   mesh = sharding.create_mesh(jax.devices()[:1])

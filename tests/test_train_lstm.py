@@ -35,6 +35,7 @@ def lstm_workdir(tmp_path_factory, trained_workdir, dsprites_data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_stage_two_lowers_the_pose_loss(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
   info = input_pipeline.dataset_info(config.dataset)
