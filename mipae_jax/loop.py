@@ -184,7 +184,8 @@ def run(
         report_progress(step)
         is_last = step == final
         stopping = preempted(step)
-        if step % schedule.log_every_steps == 0 or is_last or stopping:
+        logging_now = step % schedule.log_every_steps == 0 or is_last or stopping
+        if logging_now:
           values = accumulated.compute()
           check_state_finite(state, step, checkpoints.latest_step())
           check_finite(values, step, checkpoints.latest_step())
@@ -197,9 +198,9 @@ def run(
         ):
           image_hook(writer, step, state, batch)
         if step % schedule.checkpoint_every_steps == 0 or is_last or stopping:
-          if accumulated is not None:
+          if not logging_now:  # else both were checked just above
             check_finite(accumulated.compute(), step, checkpoints.latest_step())
-          check_state_finite(state, step, checkpoints.latest_step())
+            check_state_finite(state, step, checkpoints.latest_step())
           checkpoints.save(step, state, train_iter)
         if stopping:
           logging.warning(

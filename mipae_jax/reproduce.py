@@ -191,16 +191,9 @@ def _latest_checkpoint(
   if stage == "main":
     checkpoints = checkpointing.Checkpointer(workdir, config, info)
   else:
-    checkpoints = checkpointing.Checkpointer(
-      workdir,
-      config,
-      info,
-      subdir="lstm_checkpoints",
-      fingerprint=restore.lstm_fingerprint(config, info),
-    )
-  step = checkpoints.latest_step()
-  checkpoints.close()
-  return step or 0
+    checkpoints = restore.lstm_checkpointer(config, workdir, info)
+  with checkpoints:
+    return checkpoints.latest_step() or 0
 
 
 def run_training_stage(
