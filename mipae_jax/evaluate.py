@@ -362,10 +362,10 @@ def evaluate_mig(
     result[term], result[f"{term}_ci95"] = mean, half_width
   result.update(
     protocol=config.eval.mig_protocol,
-    partial=info.content_is_partial,
+    partial=info.content_is_partial and config.eval.mig_protocol == "video_frames",
     num_frames=config.eval.num_mig_frames // config.eval.mig_folds * len(per_fold),
     num_frame_sets=len(per_fold),
-    content_factor_names=list(info.content_factor_names),
+    content_factor_names=mig_frames.content_factor_names(config, info),
     pose_factor_names=list(info.pose_factor_names),
     num_content_labels=labels[0][0],
     num_pose_labels=labels[0][1],

@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 
 from mipae_jax import input_pipeline
-from mipae_jax.datasets import moving_dsprites, moving_mpi3d
+from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
 
 # The authors' protocol ("reference") or the calibrated one (module docstring).
 PROTOCOLS = ("calibrated", "reference")
@@ -182,9 +182,59 @@ def _mpi3d_source(dataset_config, config, rng, split: str) -> _Source:
   )
 
 
-_SOURCES = {"moving_dsprites": _dsprites_source, "moving_mpi3d": _mpi3d_source}
+def _mnist_source(dataset_config, config, rng, split: str) -> _Source:
+  """Content rows: the MNIST image index of each digit in `split`'s images
+  (the whole content; a digit's label is a function of it); pose rows: every
+  corner coordinate uniform. Reads the idx files from the manual dir, as the
+  builder does."""
+  if not dataset_config.manual_dir:
+    raise FileNotFoundError(
+      "Moving MNIST's MIG frames need the MNIST idx files: set "
+      "config.dataset.manual_dir to their directory."
+    )
+  images, _ = moving_mnist.load_mnist(dataset_config.manual_dir, split)
+  pose_sizes = [moving_mnist.MAX_POSITION + 1] * (2 * config.num_digits)
+
+  def render(content: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    used, rows = np.unique(content, return_inverse=True)
+    digits = moving_mnist.resize_digits(images[used])[rows.reshape(content.shape)]
+    corners = pose.reshape(len(pose), config.num_digits, 2)
+    return np.concatenate(
+      [
+        moving_mnist.render_video(
+          digits[i], corners[i : i + 1, :, 0], corners[i : i + 1, :, 1], config.colour
+        )
+        for i in range(len(content))
+      ]
+    )
+
+  return _Source(
+    _uniform_columns(rng, [len(images)] * config.num_digits),
+    _uniform_columns(rng, pose_sizes),
+    num_contents=len(images) ** config.num_digits,
+    num_poses=math.prod(pose_sizes),
+    render=render,
+  )
+
+
+_SOURCES = {
+  "moving_dsprites": _dsprites_source,
+  "moving_mnist": _mnist_source,
+  "moving_mpi3d": _mpi3d_source,
+}
 # The datasets mig_frames renders static frames of.
 DATASETS = tuple(_SOURCES)
+
+
+def content_factor_names(config, info) -> list[str]:
+  """The columns of the content factors `config.eval.mig_protocol` scores:
+  the dataset's, except Moving MNIST's static frames, whose content is each
+  digit's image index (`digitD_image`) rather than its label."""
+  if (
+    config.dataset.name == "moving_mnist" and config.eval.mig_protocol != "video_frames"
+  ):
+    return [name.replace("_label", "_image") for name in info.content_factor_names]
+  return list(info.content_factor_names)
 
 
 def mig_frames(
@@ -196,11 +246,13 @@ def mig_frames(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Single frames for MIG with their factors, rendered as the videos are.
 
-  Contents are those of `split` (the test split: never seen in training);
-  poses cover every position (dSprites) or arm angle (MPI3D). `protocol`:
-  "calibrated" (module docstring) or "reference" (every factor i.i.d., the
-  authors' StaticDSprites and static_mpi3d_toy.Mpi3dReal). Moving MPI3D
-  reads its .npz from dataset_config.manual_dir, as its builder does.
+  Contents are those of `split` (the test split: never seen in training;
+  Moving MNIST's are the indices of its digits among MNIST's `split` images);
+  poses cover every position (dSprites, MNIST) or arm angle (MPI3D).
+  `protocol`: "calibrated" (module docstring) or "reference" (every factor
+  i.i.d., the authors' StaticDSprites and static_mpi3d_toy.Mpi3dReal).
+  Moving MNIST and MPI3D read their files from dataset_config.manual_dir, as
+  their builders do.
 
   Returns:
     frames uint8 [N, H, W, C], content_factors int [N, Fc] and

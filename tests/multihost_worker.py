@@ -1,7 +1,8 @@
 """One process of the multi-host test: a few SGD train steps on fixed global
 batches, a checkpoint through Orbax, a log writer; run by test_multihost.py.
 
-  python tests/multihost_worker.py OUT_DIR   (JAX_* variables set for 2 processes)
+  python tests/multihost_worker.py OUT_DIR [CONV_IMPL]   (JAX_* variables set
+  for 2 processes; CONV_IMPL is config.model.conv_impl, default "auto")
 """
 
 import os
@@ -33,18 +34,19 @@ def global_batches() -> list[np.ndarray]:
   ]
 
 
-def config():
+def config(conv_impl: str = "auto"):
   cfg = mipae_dsprites.get_config()
   cfg.batch_size = GLOBAL_BATCH
+  cfg.model.conv_impl = conv_impl
   return cfg
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, conv_impl: str = "auto") -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if "JAX_NUM_PROCESSES" in os.environ:
     sharding.initialize_distributed()
   out = pathlib.Path(out_dir)
-  cfg = config()
+  cfg = config(conv_impl)
   mesh = sharding.create_mesh()
   networks = build_networks(cfg, 3)
   state, _ = train_state.init_state(networks, cfg, mesh, (64, 64, 3))
@@ -80,4 +82,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(*sys.argv[1:])

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 from conftest import tiny_config
+from test_datasets import _write_tiny_mnist
 
 from mipae_jax import evaluate, metrics, mig_frames, reproduce
-from mipae_jax.datasets import moving_dsprites, moving_mpi3d
+from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
 
 NUM_FRAMES = 2_000
 # A synthetic MPI3D file of the real layout: 72 content combinations (24 of
@@ -250,3 +251,39 @@ def test_mpi3d_configs_score_calibrated_static_frames():
     config = reproduce.paper_config("moving_mpi3d", method)
     assert config.eval.mig_protocol == "calibrated"
     evaluate.validate_eval(config)
+
+
+def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
+  """Moving MNIST: content is each digit's index among the test images
+  (10 tiny test digits: 100 ordered pairs, so the support is 90 of them);
+  frames that only the order of two grey digits tells apart are replaced."""
+  manual_dir = _write_tiny_mnist(tmp_path / "mnist")
+  config = reproduce.build_config(
+    "moving_mnist",
+    "mipae",
+    "tiny",
+    data_dir=str(tmp_path / "tfds"),
+    overrides={"dataset.manual_dir": str(manual_dir)},
+  )
+  frames, content, pose = mig_frames.mig_frames(config.dataset, NUM_FRAMES)
+  assert frames.shape == (NUM_FRAMES, 64, 64, 1) and frames.dtype == np.uint8
+  assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
+  assert content.min() >= 0 and content.max() < 10
+  images, _ = moving_mnist.load_mnist(manual_dir, "test")
+  digits = moving_mnist.resize_digits(images)
+  for i in range(5):
+    corners = pose[i].reshape(1, 2, 2)
+    np.testing.assert_array_equal(
+      moving_mnist.render_video(
+        digits[content[i]], corners[..., 0], corners[..., 1], False
+      )[0],
+      frames[i],
+    )
+  z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5)
+  assert metrics.mig(content, pose, z_c, z_p)["MIG"] >= 0.9
+  assert metrics.mig(content, pose, z_p, z_c)["MIG"] <= -0.9
+  info = type("Info", (), {"content_factor_names": ("digit0_label", "digit1_label")})
+  assert mig_frames.content_factor_names(config, info) == [
+    "digit0_image",
+    "digit1_image",
+  ]

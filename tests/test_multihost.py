@@ -20,7 +20,7 @@ import multihost_worker  # noqa: E402
 
 
 def _run_workers(
-  out: pathlib.Path, num_processes: int, devices_per_process: int
+  out: pathlib.Path, num_processes: int, devices_per_process: int, conv_impl: str
 ) -> None:
   port = portpicker.pick_unused_port()
   procs = []
@@ -33,26 +33,37 @@ def _run_workers(
         JAX_NUM_PROCESSES=str(num_processes),
         JAX_PROCESS_ID=str(process_id),
       )
-    procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env))
+    procs.append(
+      subprocess.Popen([sys.executable, str(WORKER), str(out), conv_impl], env=env)
+    )
   codes = [p.wait(timeout=900) for p in procs]
   assert codes == [0] * num_processes
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-  reason="regression of the redesign (issue 17 note, 2026-12-03): with "
-  "conv_impl='fast' (models/cpu_conv) the content encoder's parameters of 2 "
-  "processes x 2 devices differ from 1 x 4 by up to 3e-3 after 2 SGD steps "
-  "(every other network agrees); with conv_impl='plain' the test passes, and "
-  "at f0df3b7 it passed with the fast forms. Not yet diagnosed.",
+# The fast CPU forms across processes: known discrepancy (docs/scaling.md,
+# "Multi-process CPU"). One SGD step of the content encoder differs from one
+# process by 8.8e-4 (relative norm of the update) against 5e-6 for every
+# other network and for "plain"; the compiled programs are the same, the
+# result is deterministic and independent of threads and matmul precision,
+# and it vanishes with the Winograd form disabled. Not yet explained.
+_FAST_ACROSS_PROCESSES = pytest.mark.xfail(
+  reason="conv_impl='fast' (Winograd form) x 2 processes: the content "
+  "encoder's update differs from 1 process by 8.8e-4 after one step; see "
+  "docs/scaling.md, 'Multi-process CPU'",
   strict=False,
 )
-def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "conv_impl", ["plain", pytest.param("fast", marks=_FAST_ACROSS_PROCESSES)]
+)
+def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path, conv_impl):
   two, one = tmp_path / "two", tmp_path / "one"
   two.mkdir()
   one.mkdir()
-  _run_workers(two, num_processes=2, devices_per_process=2)
-  _run_workers(one, num_processes=1, devices_per_process=4)
+  _run_workers(two, num_processes=2, devices_per_process=2, conv_impl=conv_impl)
+  _run_workers(one, num_processes=1, devices_per_process=4, conv_impl=conv_impl)
 
   params_two, params_one = np.load(two / "params.npz"), np.load(one / "params.npz")
   assert set(params_two) == set(params_one)
@@ -63,7 +74,7 @@ def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path):
   assert len(events) == 1, events
 
   # The checkpoint both processes wrote restores in this single process.
-  cfg = multihost_worker.config()
+  cfg = multihost_worker.config(conv_impl)
   info = types.SimpleNamespace(height=64, width=64, channels=3)
   checkpoints = checkpointing.Checkpointer(str(two / "workdir"), cfg, info)
   networks = build_networks(cfg, 3)

@@ -160,9 +160,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.num_mig_frames = 100_000
   # Which frames MIG scores (mipae_jax/mig_frames.py): "calibrated" (static
   # frames on a factor support where labels repeat: an oracle encoder scores
-  # >= 0.9; Moving dSprites and MPI3D), "reference" (the authors' i.i.d.
-  # factors; uncalibrated with two sprites), or "video_frames" (frames of
-  # test videos; Moving MNIST, whose static frames are not rendered).
+  # >= 0.9), "reference" (the authors' i.i.d. factors; uncalibrated with two
+  # sprites), or "video_frames" (frames of test videos, content constant per
+  # video: the former protocol, uncalibrated).
   config.eval.mig_protocol = "calibrated"
   # Independent frame sets num_mig_frames is split into (seeds of the
   # protocol): MIG is their mean, with a 95 % Student's t interval.

@@ -22,7 +22,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pose_dim = 5
   # 600 steps x 400 epochs in the reference.
   config.num_train_steps = 240_000
-  # Partial MIG (digit labels only) on test-video frames: no static MNIST
-  # frames exist, so this protocol is not calibrated.
-  config.eval.mig_protocol = "video_frames"
   return base.apply_variant(config, arg)
