@@ -18,11 +18,13 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from mipae_jax.models import layers
+
 METHODS = ("mipae", "drnet")
 ARCHITECTURES = ("dcgan", "vgg_resnet")
 RECON_TARGETS = ("offset", "same")
 MARGINAL_PAIRS = ("permutation", "derangement")
-CONV_IMPLS = ("auto", "fast", "plain")
+CONV_IMPLS = layers.IMPLS
 DTYPES = ("float32", "bfloat16")
 DATASETS = ("moving_mnist", "moving_dsprites", "moving_mpi3d")
 # Dataset name -> suffix of its configs/{method}_{suffix}.py.

@@ -1,65 +1,21 @@
-"""The DCGAN networks and the sharded MIPAE / DRNET train step."""
+"""The sharded MIPAE / DRNET train step, and its equality with the
+reference solver's step written out by hand."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from mipae_jax import sharding, train, train_state
+from mipae_jax import objectives, sharding, train, train_state
 from mipae_jax.configs import drnet_dsprites, mipae_dsprites
-from mipae_jax.models import dcgan
-from mipae_jax.models.networks import build_networks
-
-
-def _count(tree) -> int:
-  return sum(x.size for x in jax.tree.leaves(tree))
-
-
-def _conv(k, c_in, c_out):
-  return k * k * c_in * c_out + c_out
-
-
-def test_dcgan_encoder_parameter_count_and_shapes():
-  enc = dcgan.DCGANEncoder(128)
-  x = jnp.zeros((2, 64, 64, 3))
-  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
-  (code, skips), _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
-  channels = [3, 64, 128, 256, 512]
-  expected = sum(
-    _conv(4, a, b) + 2 * b for a, b in zip(channels[:-1], channels[1:], strict=True)
-  )
-  expected += _conv(4, 512, 128) + 2 * 128
-  assert _count(variables["params"]) == expected
-  assert code.shape == (2, 128)
-  assert [s.shape for s in skips] == [
-    (2, 32, 32, 64),
-    (2, 16, 16, 128),
-    (2, 8, 8, 256),
-    (2, 4, 4, 512),
-  ]
-  assert np.all(np.abs(code) <= 1)
-
-
-@pytest.mark.parametrize("skip_connections", [False, True])
-def test_dcgan_decoder_parameter_count_and_shapes(skip_connections):
-  dec = dcgan.DCGANDecoder(3, skip_connections=skip_connections)
-  skips = tuple(jnp.zeros((2, 64 // 2**i, 64 // 2**i, 32 * 2**i)) for i in range(1, 5))
-  variables = dec.init(
-    jax.random.PRNGKey(0), jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False
-  )
-  out = dec.apply(variables, jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
-  m = 2 if skip_connections else 1
-  expected = _conv(4, 133, 512) + 2 * 512
-  expected += _conv(4, 512 * m, 256) + 2 * 256
-  expected += _conv(4, 256 * m, 128) + 2 * 128
-  expected += _conv(4, 128 * m, 64) + 2 * 64
-  expected += _conv(4, 64 * m, 3)
-  assert _count(variables["params"]) == expected
-  assert out.shape == (2, 64, 64, 3)
-  assert np.all((out >= 0) & (out <= 1))
+from mipae_jax.models import critics
+from mipae_jax.models.main_network import MainNetwork
+from mipae_jax.models.networks import Networks, build_networks
 
 
 def _setup(config, mesh):
@@ -231,3 +187,218 @@ def test_bfloat16_training_tracks_float32():
     np.testing.assert_allclose(
       losses["bfloat16"][key], losses["float32"][key], rtol=0.05
     )
+
+
+# The reference step: `train.train_step` equals the reference solver's step
+# written out by hand.
+#
+# Tiny networks (one Dense layer and a BatchNorm each) keep it fast; the
+# reference below recomputes every detached code outside the differentiated
+# function, updates the critic first, and threads BatchNorm statistics in the
+# reference's call order, so the comparison checks the gradient paths of
+# `SolverAutoencoder.train_step`, not just its losses.
+
+
+B, T, H, W, C = 6, 5, 4, 4, 1
+CONTENT_DIM, POSE_DIM = 3, 2
+
+
+class TinyEncoder(nn.Module):
+  latent_dim: int
+  return_skips: bool = True
+
+  @nn.compact
+  def __call__(self, x, train):
+    # No bias before BatchNorm: it would get no gradient, and every other
+    # parameter is checked to move.
+    h = nn.Dense(self.latent_dim, use_bias=False)(x.reshape(x.shape[0], -1))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    return (jnp.tanh(h), ()) if self.return_skips else jnp.tanh(h)
+
+
+class TinyDecoder(nn.Module):
+  @nn.compact
+  def __call__(self, content, pose, skips, train):
+    h = nn.Dense(H * W * C, use_bias=False)(jnp.concatenate([content, pose], -1))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    return nn.sigmoid(h).reshape(-1, H, W, C)
+
+
+def _networks(method):
+  critic = critics.mi_critic(8) if method == "mipae" else critics.scene_discriminator(8)
+  main = MainNetwork(
+    TinyEncoder(CONTENT_DIM), TinyEncoder(POSE_DIM, False), TinyDecoder(), False
+  )
+  return Networks(main, critic)
+
+
+def _loss_config(marginal_pairs="permutation"):
+  return ml_collections.ConfigDict(
+    dict(
+      sim_weight=0.7,
+      mi_weight=0.3,
+      adversarial_weight=0.4,
+      recon_target="offset",
+      marginal_pairs=marginal_pairs,
+    )
+  )
+
+
+def _state(networks, tx):
+  params, batch_stats = train_state.init_variables(
+    networks, jax.random.PRNGKey(0), (H, W, C), POSE_DIM
+  )
+  # A critic far from its N(0, 0.02) init, so that its gradients with
+  # respect to the pose codes are large enough to tell the paths apart.
+  params["critic"] = jax.tree.map(lambda p: 40.0 * p + 0.1, params["critic"])
+  return train_state.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=train_state.init_opt_state(tx, params),
+    tx=tx,
+  )
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  return {
+    name: rng.integers(0, 256, (B, T, H, W, C), dtype=np.uint8)
+    for name in ("video", "critic_video")
+  }
+
+
+def _reference_step(networks, loss_config, method, state, batch, draws, lr):
+  """The reference solver's step with SGD(lr), written without train.py."""
+  params, stats = dict(state.params), dict(state.batch_stats)
+
+  def run(name, p, x):
+    out, updates = getattr(networks.main, name).apply(
+      {"params": p, "batch_stats": stats[name]}, *x, train=True, mutable=["batch_stats"]
+    )
+    stats[name] = updates["batch_stats"]
+    return out
+
+  frames = lambda video, t: video[:, t].astype(np.float32) / 255.0  # noqa: E731
+  # Critic: Ep(x_i).detach(), Ep(x_j).detach(), computed outside any grad.
+  i, j = (int(t) for t in draws.critic_frames)
+  h1 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], i),))
+  h2 = run("pose_encoder", params["pose_encoder"], (frames(batch["critic_video"], j),))
+  perm = np.asarray(draws.critic_partner)
+
+  def critic_loss(p):
+    joint = networks.critic.apply({"params": p}, h1, h2)
+    marginal = networks.critic.apply({"params": p}, h1, h2[perm])
+    if method == "mipae":
+      return jnp.mean(jax.nn.softplus(-joint)) + jnp.mean(jax.nn.softplus(marginal))
+    return 0.5 * (
+      jnp.mean(optax.sigmoid_binary_cross_entropy(joint, jnp.ones_like(joint)))
+      + jnp.mean(optax.sigmoid_binary_cross_entropy(marginal, jnp.zeros_like(marginal)))
+    )
+
+  g = jax.grad(critic_loss)(params["critic"])
+  critic = jax.tree.map(lambda p, g: p - lr * g, params["critic"], g)
+
+  # Main network: x_c1 = x[0], x_c2 = x_p1 = x[k], x_p2 = x[j'].
+  video = batch["video"]
+  k, j2 = int(draws.offset), int(draws.other_frame)
+  x0, xk, xj = frames(video, 0), frames(video, k), frames(video, j2)
+  perm = np.asarray(draws.partner)
+  start_stats = dict(stats)
+
+  def main_loss(p):
+    stats.update(start_stats)
+    content, _ = run("content_encoder", p["content_encoder"], (x0,))
+    content_k = jax.lax.stop_gradient(
+      run("content_encoder", p["content_encoder"], (xk,))[0]
+    )
+    pose = run("pose_encoder", p["pose_encoder"], (xk,))
+    pose_other = jax.lax.stop_gradient(run("pose_encoder", p["pose_encoder"], (xj,)))
+    decoded = run("decoder", p["decoder"], (content, pose, None))
+    recon = jnp.mean((decoded - xk) ** 2)
+    sim = jnp.mean((content - content_k) ** 2)
+    joint = networks.critic.apply({"params": critic}, pose, pose_other)
+    if method == "mipae":
+      marginal = networks.critic.apply({"params": critic}, pose, pose_other[perm])
+      term = loss_config.mi_weight * (jnp.mean(joint) - jnp.mean(jnp.exp(marginal)) + 1)
+    else:
+      sd = jnp.mean(
+        optax.sigmoid_binary_cross_entropy(joint, jnp.full_like(joint, 0.5))
+      )
+      term = loss_config.adversarial_weight * sd
+    return recon + loss_config.sim_weight * sim + term
+
+  main = {n: params[n] for n in ("content_encoder", "pose_encoder", "decoder")}
+  grads = jax.grad(main_loss)(main)
+  main_loss(main)  # the statistics of the forward pass, outside the trace
+  new = jax.tree.map(lambda p, g: p - lr * g, main, grads)
+  return {**new, "critic": critic}, stats
+
+
+@pytest.mark.parametrize("method", ["mipae", "drnet"])
+@pytest.mark.parametrize("marginal_pairs", ["permutation", "derangement"])
+def test_step_equals_the_hand_written_reference_step(method, marginal_pairs):
+  networks, loss_config = _networks(method), _loss_config(marginal_pairs)
+  lr = 0.5
+  state = _state(networks, optax.sgd(lr))
+  batch, rng = _batch(), jax.random.PRNGKey(3)
+  new_state, _ = jax.jit(
+    lambda s, b, r: train.train_step(networks, loss_config, method, s, b, r)
+  )(state, batch, rng)
+  draws = train.draw_step(rng, T, B, marginal_pairs)
+  params, stats = _reference_step(
+    networks, loss_config, method, state, batch, draws, lr
+  )
+  # float32 rounding, amplified by the critic scaled 40x, reaches ~3e-4 of
+  # a value (eager or jitted alike, before and after the MainNetwork); a
+  # gradient through the detached pose code moves E_p's parameters by 8-17x
+  # their value.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # noqa: E731
+  jax.tree.map(close, jax.device_get(new_state.params), jax.device_get(params))
+  jax.tree.map(close, jax.device_get(new_state.batch_stats), jax.device_get(stats))
+  # Every parameter moved: no network is cut off from its loss.
+  moved = jax.tree.map(
+    lambda a, b: bool(np.any(a != b)), new_state.params, state.params
+  )
+  assert all(jax.tree.leaves(moved)), moved
+
+
+def test_draws_follow_the_reference_ranges():
+  for seed in range(50):
+    draws = train.draw_step(jax.random.PRNGKey(seed), T, B, "derangement")
+    assert 1 <= int(draws.offset) <= T - 1
+    assert 0 <= int(draws.other_frame) <= T - 1
+    assert np.all(
+      (0 <= np.asarray(draws.critic_frames)) & (np.asarray(draws.critic_frames) < T)
+    )
+    for partner in (draws.critic_partner, draws.partner):
+      assert sorted(np.asarray(partner)) == list(range(B))
+      assert np.all(np.asarray(partner) != np.arange(B))
+
+
+@pytest.mark.parametrize("factory", [critics.mi_critic, critics.scene_discriminator])
+def test_critic_init_is_normal_002_with_zero_bias(factory):
+  critic = factory()
+  assert critic.hidden_size == 512
+  params = critic.init(jax.random.PRNGKey(0), jnp.zeros((1, 5)), jnp.zeros((1, 5)))[
+    "params"
+  ]
+  for layer in ("hidden1", "hidden2", "logit"):
+    kernel = np.asarray(params[layer]["kernel"])
+    assert np.all(np.asarray(params[layer]["bias"]) == 0)
+    if kernel.size > 1000:
+      assert abs(kernel.std() - 0.02) < 0.002, (layer, kernel.std())
+      assert abs(kernel.mean()) < 0.002
+    else:
+      assert np.max(np.abs(kernel)) < 0.1
+
+
+def test_next_batch_takes_the_critic_batch_first():
+  batches = iter([{"video": np.full((1,), n)} for n in range(4)])
+  first, second = train.next_batch(batches), train.next_batch(batches)
+  assert [int(first["critic_video"][0]), int(first["video"][0])] == [0, 1]
+  assert [int(second["critic_video"][0]), int(second["video"][0])] == [2, 3]
+
+
+def test_drnet_loss_is_the_weighted_sum():
+  np.testing.assert_allclose(objectives.drnet_loss(1.0, 2.0, 3.0, 0.5, 0.1), 2.3)
