@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from mipae_jax import (
   autoencoder,
   config_validation,
+  disentanglement,
   eval_outputs,
   input_pipeline,
   metrics,
@@ -328,12 +329,12 @@ def mig_with_ceiling(
   """eq. 8 and its Table I terms for (z_c, z_p), beside the protocol's
   ceiling and floor on the same frames: oracle codes (a perfect encoder) and
   the same codes swapped."""
-  terms = metrics.mig(content, pose, z_c, z_p)
+  terms = disentanglement.mig(content, pose, z_c, z_p)
   oracle_c, oracle_p = mig_frames.oracle_codes(
     content, pose, z_c.shape[1], z_p.shape[1]
   )
-  terms["oracle_MIG"] = metrics.mig(content, pose, oracle_c, oracle_p)["MIG"]
-  terms["swapped_MIG"] = metrics.mig(content, pose, oracle_p, oracle_c)["MIG"]
+  terms["oracle_MIG"] = disentanglement.mig(content, pose, oracle_c, oracle_p)["MIG"]
+  terms["swapped_MIG"] = disentanglement.mig(content, pose, oracle_p, oracle_c)["MIG"]
   return terms
 
 

@@ -3,7 +3,7 @@ the reproduction's report share: the terms of MIG (eq. 8), Table I, which way
 each metric is better, and why the reduced scale is what it is."""
 
 METHODS = ("mipae", "drnet")
-# Every term of eq. 8 that metrics.mig returns, in the order of the tables'
+# Every term of eq. 8 that disentanglement.mig returns, in the order of the tables'
 # columns -> its ASCII name (TensorBoard tag).
 MIG_TERMS = {
   "I(f_c,z_c)": "I_fc_zc",
