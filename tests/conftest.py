@@ -1,13 +1,17 @@
 """Test set-up: 8 simulated CPU devices, so sharded code paths run here."""
 
+import gzip
 import os
+import struct
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from mipae_jax import reproduce  # noqa: E402
+from mipae_jax.datasets import moving_mnist  # noqa: E402
 
 
 def tiny_config(data_dir, method="mipae", /, **overrides):
@@ -57,3 +61,25 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(cache))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _write_idx(path, array, magic):
+  header = struct.pack(f">{1 + array.ndim}i", magic, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_mnist(directory, num_train=20, num_test=10):
+  """Train labels are 0-4 and test labels 5-9, so splits are distinguishable."""
+  rng = np.random.default_rng(0)
+  directory.mkdir(parents=True, exist_ok=True)
+  for split, count, labels in (
+    ("train", num_train, rng.integers(0, 5, num_train)),
+    ("test", num_test, rng.integers(5, 10, num_test)),
+  ):
+    images = np.zeros((count, 28, 28), np.uint8)
+    images[:, 4:24, 6:22] = rng.integers(1, 256, (count, 20, 16))
+    images_name, labels_name = moving_mnist.MNIST_FILES[split]
+    _write_idx(directory / images_name, images, 2051)
+    _write_idx(directory / labels_name, labels, 2049)
+  return directory

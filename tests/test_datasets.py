@@ -1,13 +1,12 @@
 """Tests of the moving-video TFDS builders, their motion and the dSprites renderer."""
 
-import gzip
 import pathlib
-import struct
 
 import numpy as np
 import pytest
 import scipy.ndimage
 import tensorflow_datasets as tfds
+from conftest import write_tiny_mnist
 
 import mipae_jax.datasets  # noqa: F401  (registers the builders)
 from mipae_jax.datasets import (
@@ -56,31 +55,9 @@ def _assert_bouncing(positions, velocities, max_position):
   assert at_wall[hit_wall].all()
 
 
-def _write_idx(path, array, magic):
-  header = struct.pack(f">{1 + array.ndim}i", magic, *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def _write_tiny_mnist(directory, num_train=20, num_test=10):
-  """Train labels are 0-4 and test labels 5-9, so splits are distinguishable."""
-  rng = np.random.default_rng(0)
-  directory.mkdir(parents=True, exist_ok=True)
-  for split, count, labels in (
-    ("train", num_train, rng.integers(0, 5, num_train)),
-    ("test", num_test, rng.integers(5, 10, num_test)),
-  ):
-    images = np.zeros((count, 28, 28), np.uint8)
-    images[:, 4:24, 6:22] = rng.integers(1, 256, (count, 20, 16))
-    images_name, labels_name = moving_mnist.MNIST_FILES[split]
-    _write_idx(directory / images_name, images, 2051)
-    _write_idx(directory / labels_name, labels, 2049)
-  return directory
-
-
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
-  return _write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+  return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
 
 
 def _write_mpi3d(path, factor_sizes):

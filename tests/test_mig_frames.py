@@ -4,8 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
-from test_datasets import _write_tiny_mnist
+from conftest import tiny_config, write_tiny_mnist
 
 from mipae_jax import disentanglement, evaluate, mig_frames, reproduce
 from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
@@ -257,7 +256,7 @@ def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
   """Moving MNIST: content is each digit's index among the test images
   (10 tiny test digits: 100 ordered pairs, so the support is 90 of them);
   frames that only the order of two grey digits tells apart are replaced."""
-  manual_dir = _write_tiny_mnist(tmp_path / "mnist")
+  manual_dir = write_tiny_mnist(tmp_path / "mnist")
   config = reproduce.build_config(
     "moving_mnist",
     "mipae",
