@@ -22,8 +22,12 @@ from mipae_jax import checkpointing, sharding, train, train_state  # noqa: E402
 from mipae_jax.configs import mipae_dsprites  # noqa: E402
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
-NUM_STEPS = 2
+NUM_STEPS = 1
 GLOBAL_BATCH = 8
+# One step at lr 1: the update is the gradient itself, summed across
+# processes, and lands far above float32 rounding of the parameters. A second
+# step (or a small lr) would measure rounding noise amplified by training.
+LEARNING_RATE = 1.0
 
 
 def global_batches() -> list[np.ndarray]:
@@ -50,8 +54,9 @@ def main(out_dir: str, conv_impl: str = "auto") -> None:
   mesh = sharding.create_mesh()
   networks = build_networks(cfg, 3)
   state, _ = train_state.init_state(networks, cfg, mesh, (64, 64, 3))
-  sgd = optax.sgd(1.0)
+  sgd = optax.sgd(LEARNING_RATE)
   state = state.replace(tx=sgd, opt_state=train_state.init_opt_state(sgd, state.params))
+  initial = jax.device_get(state.params)
   replicated = sharding.replicated(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
   step_fn = train.make_train_step(networks, cfg, mesh, state_sharding)
@@ -77,8 +82,9 @@ def main(out_dir: str, conv_impl: str = "auto") -> None:
   writer.write_scalars(NUM_STEPS, {"train_loss": float(metrics.compute()["loss"])})
   writer.flush()
   if jax.process_index() == 0:
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
-    np.savez(out / "params.npz", **{jax.tree_util.keystr(p): v for p, v in flat})
+    for name, params in (("initial", initial), ("params", state.params)):
+      flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+      np.savez(out / f"{name}.npz", **{jax.tree_util.keystr(p): v for p, v in flat})
 
 
 if __name__ == "__main__":
