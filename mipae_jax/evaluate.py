@@ -256,14 +256,12 @@ def summarize_scores(scores: dict[str, np.ndarray]) -> dict[str, Any]:
   return summary
 
 
-def encode_frames(
-  networks: Networks,
-  main: dict[str, Any],
-  frames: np.ndarray,
-  batch_size: int,
-  mesh: jax.sharding.Mesh,
-) -> tuple[np.ndarray, np.ndarray]:
-  """z_c = E_c(x) and z_p = E_p(x) of host frames [N, H, W, C], batch by batch."""
+EncodeFn = Callable[[dict[str, Any], jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def make_encode_fn(networks: Networks, mesh: jax.sharding.Mesh) -> EncodeFn:
+  """(main, batch) -> (z_c, z_p) = (E_c(x), E_p(x)), jitted once on the mesh
+  for every frame set and checkpoint it encodes."""
 
   def encode(main, batch):
     content, _ = autoencoder.encode_content(
@@ -273,11 +271,22 @@ def encode_frames(
     return content.astype(jnp.float32), pose.astype(jnp.float32)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  encode_fn = jax.jit(
+  return jax.jit(
     encode,
     in_shardings=(sharding.replicated(mesh), batch_sharding),
     out_shardings=batch_sharding,
   )
+
+
+def encode_frames(
+  encode_fn: EncodeFn,
+  main: dict[str, Any],
+  frames: np.ndarray,
+  batch_size: int,
+  mesh: jax.sharding.Mesh,
+) -> tuple[np.ndarray, np.ndarray]:
+  """z_c and z_p (make_encode_fn) of host frames [N, H, W, C], batch by batch."""
+  batch_sharding = sharding.batch_sharding(mesh)
   progress = _Progress("MIG encoding", len(frames), "frames")
   content_codes, pose_codes = [], []
   for start in range(0, len(frames), batch_size):
@@ -298,8 +307,8 @@ def encode_frames(
 
 
 def _mig_frame_sets(
-  config: ml_collections.ConfigDict,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  config: ml_collections.ConfigDict, info: Any
+) -> mig_frames.FrameSets:
   """config.eval.mig_folds independent sets of (frames, content, pose),
   together num_mig_frames: seeds of the protocol, for the interval."""
   folds = config.eval.mig_folds
@@ -309,18 +318,20 @@ def _mig_frame_sets(
       config.dataset, split="test", num_frames=per_fold * folds, seed=config.seed
     )
     columns = (data["frames"], data["content_factors"], data["pose_factors"])
-    return [
-      tuple(c[f * per_fold : (f + 1) * per_fold] for c in columns) for f in range(folds)
-    ]
-  return [
-    mig_frames.mig_frames(
-      config.dataset,
-      per_fold,
-      seed=config.seed * folds + fold,
-      protocol=config.eval.mig_protocol,
+    return mig_frames.FrameSets(
+      [
+        tuple(c[f * per_fold : (f + 1) * per_fold] for c in columns)
+        for f in range(folds)
+      ],
+      tuple(info.content_factor_names),
+      info.content_is_partial,
     )
-    for fold in range(folds)
-  ]
+  return mig_frames.mig_frame_sets(
+    config.dataset,
+    per_fold,
+    seeds=[config.seed * folds + fold for fold in range(folds)],
+    protocol=config.eval.mig_protocol,
+  )
 
 
 def mig_with_ceiling(
@@ -341,18 +352,20 @@ def mig_with_ceiling(
 def evaluate_mig(
   config: ml_collections.ConfigDict,
   info: Any,
-  networks: Networks,
+  encode_fn: EncodeFn,
   main: dict[str, Any],
   mesh: jax.sharding.Mesh,
 ) -> tuple[dict[str, Any], dict[str, float]]:
   """Table I terms of eq. 8 with their ceiling, as the mean over
   config.eval.mig_folds independent frame sets with a 95 % interval
-  ("<term>_ci95", Student's t over the sets), and timings."""
+  ("<term>_ci95", Student's t over the sets), and timings. encode_fn:
+  make_encode_fn's."""
   start = time.monotonic()
   encode_s, per_fold, labels = 0.0, [], []
-  for frames, content, pose in _mig_frame_sets(config):
+  frame_sets = _mig_frame_sets(config, info)
+  for frames, content, pose in frame_sets.sets:
     encode_start = time.monotonic()
-    z_c, z_p = encode_frames(networks, main, frames, config.eval.batch_size, mesh)
+    z_c, z_p = encode_frames(encode_fn, main, frames, config.eval.batch_size, mesh)
     encode_s += time.monotonic() - encode_start
     logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
     per_fold.append(mig_with_ceiling(content, pose, z_c, z_p))
@@ -363,10 +376,10 @@ def evaluate_mig(
     result[term], result[f"{term}_ci95"] = mean, half_width
   result.update(
     protocol=config.eval.mig_protocol,
-    partial=info.content_is_partial and config.eval.mig_protocol == "video_frames",
+    partial=frame_sets.content_is_partial,
     num_frames=config.eval.num_mig_frames // config.eval.mig_folds * len(per_fold),
     num_frame_sets=len(per_fold),
-    content_factor_names=mig_frames.content_factor_names(config, info),
+    content_factor_names=list(frame_sets.content_factor_names),
     pose_factor_names=list(info.pose_factor_names),
     num_content_labels=labels[0][0],
     num_pose_labels=labels[0][1],
@@ -454,7 +467,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   mig = None
   if config.eval.num_mig_frames:
-    mig, mig_timing = evaluate_mig(config, info, networks, main, mesh)
+    encode_fn = make_encode_fn(networks, mesh)
+    mig, mig_timing = evaluate_mig(config, info, encode_fn, main, mesh)
     timing.update(mig_timing)
 
   result = {

@@ -121,16 +121,17 @@ def score_checkpoints(
     logging.info("Every checkpoint of %s is scored already.", workdir)
     return sorted(scores, key=lambda s: s["step"])
   video = _test_videos(config, mesh, num_videos, num_frames)
-  reconstruct = swap_decode = None
+  reconstruct = swap_decode = encode = None
   for step in steps:
     networks, main, _ = restore.load_main_network(config, workdir, info, step=step)
     if reconstruct is None:  # jitted once: every step has the same networks
       reconstruct = jax.jit(functools.partial(_reconstruct, networks))
       swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
+      encode = evaluate.make_encode_fn(networks, mesh)
     reconstructed = np.asarray(reconstruct(main["params"], main["batch_stats"], video))
     row = {"step": step, "method": config.method}
     row.update(reconstruction_errors(reconstructed, video))
-    mig, _ = evaluate.evaluate_mig(config, info, networks, main, mesh)
+    mig, _ = evaluate.evaluate_mig(config, info, encode, main, mesh)
     row.update({k: v for k, v in mig.items() if isinstance(v, float)})
     grid = np.asarray(
       swap_decode(main["params"], main["batch_stats"], video[:4, 0], video[0, :8])

@@ -20,9 +20,14 @@ The authors' protocol draws every factor i.i.d. over its full range. With
 two sprites nearly every joint label is then unique, so its k-NN terms
 measure duplicates rather than codes; on MPI3D labels repeat but frames
 repeat too. It is kept only for comparison.
+
+Every source draws a frame's whole content (its content factors are never
+partial) and names its own content columns. mig_frame_sets reads a dataset's
+file (MNIST's idx, MPI3D's .npz) once for all its seeds.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -71,16 +76,31 @@ def calibrated_supports(
   return int(num_c), int(num_p)
 
 
+Draw = Callable[[np.random.Generator, int], np.ndarray]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Source:
-  """i.i.d. factor rows of one split, how many distinct rows each group has,
-  and the renderer of the dataset's videos."""
+  """i.i.d. factor rows of one split (draw(rng, n)), how many distinct rows
+  each group has, the names of the content columns and the renderer of the
+  dataset's videos."""
 
-  draw_content: Callable[[int], np.ndarray]
-  draw_pose: Callable[[int], np.ndarray]
+  draw_content: Draw
+  draw_pose: Draw
   num_contents: int
   num_poses: int
+  content_names: tuple[str, ...]
   render: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSets:
+  """Independent frame sets of one protocol, each (frames uint8 [N, H, W, C],
+  content int [N, Fc], pose int [N, Fp]), and what their columns are."""
+
+  sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+  content_factor_names: tuple[str, ...]
+  content_is_partial: bool
 
 
 def _first_of_each_frame(frames: np.ndarray) -> np.ndarray:
@@ -105,8 +125,8 @@ def _calibrated_frames(
     ValueError: the grid has fewer than N distinct frames.
   """
   num_c, num_p = calibrated_supports(num_frames, source.num_contents, source.num_poses)
-  contents = _distinct_rows(num_c, source.draw_content)
-  poses = _distinct_rows(num_p, source.draw_pose)
+  contents = _distinct_rows(num_c, functools.partial(source.draw_content, rng))
+  poses = _distinct_rows(num_p, functools.partial(source.draw_pose, rng))
   pairs = rng.choice(num_c * num_p, size=num_frames, replace=False)
   frames = source.render(contents[pairs // num_p], poses[pairs % num_p])
   spare = rng.permutation(np.setdiff1d(np.arange(num_c * num_p), pairs))
@@ -123,18 +143,18 @@ def _calibrated_frames(
   return frames, contents[pairs // num_p], poses[pairs % num_p]
 
 
-def _uniform_columns(rng: np.random.Generator, sizes) -> Callable[[int], np.ndarray]:
-  return lambda n: np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+def _uniform_columns(sizes) -> Draw:
+  return lambda rng, n: np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
 
 
-def _dsprites_source(dataset_config, config, rng, split: str) -> _Source:
+def _dsprites_source(dataset_config, config, split: str) -> _Source:
   """Content rows: each sprite's block from `split`'s contents, any depth
   order; pose rows: every column uniform."""
   allowed = moving_dsprites.split_contents(config)[split]
   content_sizes, pose_sizes = moving_dsprites.factor_sizes(config)
   num_orders = content_sizes[-1] if config.num_sprites >= 2 else 1
 
-  def draw_content(n: int) -> np.ndarray:
+  def draw_content(rng: np.random.Generator, n: int) -> np.ndarray:
     blocks = [
       allowed[rng.integers(0, len(allowed), n)] for _ in range(config.num_sprites)
     ]
@@ -144,9 +164,10 @@ def _dsprites_source(dataset_config, config, rng, split: str) -> _Source:
 
   return _Source(
     draw_content,
-    _uniform_columns(rng, pose_sizes),
+    _uniform_columns(pose_sizes),
     num_contents=len(allowed) ** config.num_sprites * num_orders,
     num_poses=math.prod(pose_sizes),
+    content_names=tuple(config.content_factor_names),
     render=lambda content, pose: moving_dsprites.render_frames(
       config, content, pose, manual_dir=dataset_config.manual_dir
     ),
@@ -165,28 +186,29 @@ def _mpi3d_images(manual_dir) -> np.ndarray:
   return moving_mpi3d.load_images(path)
 
 
-def _mpi3d_source(dataset_config, config, rng, split: str) -> _Source:
+def _mpi3d_source(dataset_config, config, split: str) -> _Source:
   """Content rows: `split`'s content combinations (as the builder splits
   the file's factor sizes); pose rows: both degrees of freedom uniform."""
   images = _mpi3d_images(dataset_config.manual_dir)
   content_sizes, pose_sizes = moving_mpi3d.factor_sizes(config, images)
   allowed = moving_mpi3d.split_contents(config, content_sizes)[split]
   return _Source(
-    lambda n: allowed[rng.integers(0, len(allowed), n)],
-    _uniform_columns(rng, pose_sizes),
+    lambda rng, n: allowed[rng.integers(0, len(allowed), n)],
+    _uniform_columns(pose_sizes),
     num_contents=len(allowed),
     num_poses=math.prod(pose_sizes),
+    content_names=tuple(moving_mpi3d.CONTENT_FACTOR_NAMES),
     render=lambda content, pose: moving_mpi3d.render_frames(
       config, content, pose, images
     ),
   )
 
 
-def _mnist_source(dataset_config, config, rng, split: str) -> _Source:
+def _mnist_source(dataset_config, config, split: str) -> _Source:
   """Content rows: the MNIST image index of each digit in `split`'s images
-  (the whole content; a digit's label is a function of it); pose rows: every
-  corner coordinate uniform. Reads the idx files from the manual dir, as the
-  builder does."""
+  (`digitD_image`: the whole content, where the videos' `digitD_label` is a
+  function of it); pose rows: every corner coordinate uniform. Reads the idx
+  files from the manual dir, as the builder does."""
   if not dataset_config.manual_dir:
     raise FileNotFoundError(
       "Moving MNIST's MIG frames need the MNIST idx files: set "
@@ -209,10 +231,11 @@ def _mnist_source(dataset_config, config, rng, split: str) -> _Source:
     )
 
   return _Source(
-    _uniform_columns(rng, [len(images)] * config.num_digits),
-    _uniform_columns(rng, pose_sizes),
+    _uniform_columns([len(images)] * config.num_digits),
+    _uniform_columns(pose_sizes),
     num_contents=len(images) ** config.num_digits,
     num_poses=math.prod(pose_sizes),
+    content_names=tuple(f"digit{d}_image" for d in range(config.num_digits)),
     render=render,
   )
 
@@ -226,25 +249,15 @@ _SOURCES = {
 DATASETS = tuple(_SOURCES)
 
 
-def content_factor_names(config, info) -> list[str]:
-  """The columns of the content factors `config.eval.mig_protocol` scores:
-  the dataset's, except Moving MNIST's static frames, whose content is each
-  digit's image index (`digitD_image`) rather than its label."""
-  if (
-    config.dataset.name == "moving_mnist" and config.eval.mig_protocol != "video_frames"
-  ):
-    return [name.replace("_label", "_image") for name in info.content_factor_names]
-  return list(info.content_factor_names)
-
-
-def mig_frames(
+def mig_frame_sets(
   dataset_config,
   num_frames: int,
-  seed: int = 0,
+  seeds: list[int],
   protocol: str = "calibrated",
   split: str = "test",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Single frames for MIG with their factors, rendered as the videos are.
+) -> FrameSets:
+  """One set of `num_frames` single frames with their factors per seed,
+  rendered as the videos are.
 
   Contents are those of `split` (the test split: never seen in training;
   Moving MNIST's are the indices of its digits among MNIST's `split` images);
@@ -252,11 +265,7 @@ def mig_frames(
   `protocol`: "calibrated" (module docstring) or "reference" (every factor
   i.i.d., the authors' StaticDSprites and static_mpi3d_toy.Mpi3dReal).
   Moving MNIST and MPI3D read their files from dataset_config.manual_dir, as
-  their builders do.
-
-  Returns:
-    frames uint8 [N, H, W, C], content_factors int [N, Fc] and
-    pose_factors int [N, Fp], in the columns of the dataset's factor names.
+  their builders do, once for all seeds.
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol={protocol!r}; expected one of {PROTOCOLS}.")
@@ -266,12 +275,29 @@ def mig_frames(
       f"{dataset_config.name!r}."
     )
   config = input_pipeline.get_builder(dataset_config).builder_config
-  rng = np.random.default_rng([seed, 8])
-  source = _SOURCES[dataset_config.name](dataset_config, config, rng, split)
-  if protocol == "calibrated":
-    return _calibrated_frames(rng, num_frames, source)
-  content, pose = source.draw_content(num_frames), source.draw_pose(num_frames)
-  return source.render(content, pose), content, pose
+  source = _SOURCES[dataset_config.name](dataset_config, config, split)
+  sets = []
+  for seed in seeds:
+    rng = np.random.default_rng([seed, 8])
+    if protocol == "calibrated":
+      sets.append(_calibrated_frames(rng, num_frames, source))
+    else:
+      content = source.draw_content(rng, num_frames)
+      pose = source.draw_pose(rng, num_frames)
+      sets.append((source.render(content, pose), content, pose))
+  return FrameSets(sets, source.content_names, content_is_partial=False)
+
+
+def mig_frames(
+  dataset_config,
+  num_frames: int,
+  seed: int = 0,
+  protocol: str = "calibrated",
+  split: str = "test",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One set of mig_frame_sets: frames uint8 [N, H, W, C], content_factors
+  int [N, Fc] and pose_factors int [N, Fp]."""
+  return mig_frame_sets(dataset_config, num_frames, [seed], protocol, split).sets[0]
 
 
 def oracle_codes(

@@ -1,7 +1,9 @@
 """Test set-up: 8 simulated CPU devices, so sharded code paths run here."""
 
+import fcntl
 import gzip
 import os
+import shutil
 import struct
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -36,27 +38,45 @@ def dsprites_data_dir(tmp_path_factory):
   return data_dir
 
 
+def _run_temp(tmp_path_factory):
+  """The temp dir of this whole run: each xdist worker's base temp dir is a
+  subdirectory of it."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, dsprites_data_dir):
-  """A main network trained for 4 steps, shared by stage-2 and eval tests."""
+  """A main network trained for 4 steps, shared by stage-2 and eval tests.
+
+  The first xdist worker to need it trains it, under a lock, into the run's
+  temp dir; every worker then gets its own copy, so a test that writes to it
+  never races another worker's copying."""
   from mipae_jax import train
 
+  run_temp = _run_temp(tmp_path_factory)
+  shared = run_temp / "trained_shared"
+  with open(run_temp / "trained_shared.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (shared / "DONE").exists():
+      shutil.rmtree(shared, ignore_errors=True)  # a worker that died mid-way
+      train.train_and_evaluate(tiny_config(dsprites_data_dir), str(shared))
+      (shared / "DONE").touch()
   workdir = tmp_path_factory.mktemp("trained")
-  train.train_and_evaluate(tiny_config(dsprites_data_dir), str(workdir))
+  shutil.copytree(
+    shared, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("DONE")
+  )
   return workdir
 
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Reuse XLA executables across tests that compile the same step, in one
-  cache for every xdist worker of this run (each worker's base temp dir is a
-  subdirectory of the run's; the cache writes its entries atomically)."""
+  cache for every xdist worker of this run (the cache writes its entries
+  atomically)."""
   import jax
 
-  base = tmp_path_factory.getbasetemp()
-  if "PYTEST_XDIST_WORKER" in os.environ:
-    base = base.parent
-  cache = base / "xla_cache"
+  cache = _run_temp(tmp_path_factory) / "xla_cache"
   cache.mkdir(exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(cache))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -46,6 +46,7 @@ def _all_finite(values):
   return all(v is not None and math.isfinite(v) for v in values)
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_metrics_json_has_every_section_with_finite_numbers(evaluated):
   workdir, result = evaluated
   on_disk = json.loads((workdir / "eval" / "metrics.json").read_text())
@@ -85,6 +86,7 @@ def test_metrics_json_has_every_section_with_finite_numbers(evaluated):
   assert timing["frames_per_s"] > 0
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_csv_has_one_row_per_predicted_frame(evaluated):
   workdir, result = evaluated
   with open(workdir / "eval" / eval_outputs.CSV_FILE) as f:
@@ -106,6 +108,7 @@ def test_csv_has_one_row_per_predicted_frame(evaluated):
   )
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_pictures_are_written_as_png_and_to_tensorboard(evaluated):
   workdir, result = evaluated
   eval_dir = workdir / "eval"
@@ -186,6 +189,7 @@ def test_frame_scores_compare_each_prediction_with_its_own_frame(caplog):
   np.testing.assert_allclose(summary["psnr"]["ci95"], 0.0, atol=1e-6)
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   workdir, _ = evaluated
   config = _eval_config(dsprites_data_dir)
@@ -193,7 +197,8 @@ def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   networks, main, _ = restore.load_main_network(config, str(workdir), info)
   frames = np.random.default_rng(0).integers(0, 256, (11, 64, 64, 3), np.uint8)
   mesh = evaluate.sharding.create_mesh()
-  z_c, z_p = evaluate.encode_frames(networks, main, frames, 8, mesh)
+  encode_fn = evaluate.make_encode_fn(networks, mesh)
+  z_c, z_p = evaluate.encode_frames(encode_fn, main, frames, 8, mesh)
   content, _ = autoencoder.encode_content(
     networks, main["params"], main["batch_stats"], frames
   )
@@ -202,6 +207,7 @@ def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   np.testing.assert_allclose(z_p, pose, atol=1e-5)
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_compare_prints_one_table_over_two_runs(evaluated, tmp_path, capsys):
   workdir, result = evaluated
   other = tmp_path / "drnet_run"
@@ -289,6 +295,7 @@ def test_missing_checkpoints_are_checkpoint_errors(
     evaluate.evaluate(config, str(main_only))
 
 
+@pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
 def test_incompatible_checkpoint_is_a_checkpoint_error(evaluated, dsprites_data_dir):
   workdir, _ = evaluated
   config = _eval_config(dsprites_data_dir, **{"model.pose_dim": 4})

@@ -326,7 +326,7 @@ def test_unknown_impl_is_rejected():
     (layers.conv_transpose, nn.ConvTranspose, cpu_conv.ConvTranspose2D),
   ],
 )
-def test_plain_is_the_flax_layer_and_auto_is_fast_on_cpu_only(
+def test_plain_is_the_flax_layer_and_auto_is_fast_on_one_cpu_process_only(
   factory, plain, fast, monkeypatch
 ):
   assert type(factory(4, 3, impl="plain")) is plain
@@ -335,6 +335,10 @@ def test_plain_is_the_flax_layer_and_auto_is_fast_on_cpu_only(
     monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
     assert layers.resolve_conv_impl("auto") == impl
     assert type(factory(4, 3)) is (fast if impl == "fast" else plain)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert layers.resolve_conv_impl("auto") == "plain"  # docs/scaling.md
+  assert type(factory(4, 3)) is plain
 
 
 def test_plain_transposed_conv_does_not_flip_its_kernel():

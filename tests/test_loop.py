@@ -88,6 +88,7 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(
   _assert_trees_equal(before, after)
 
 
+@pytest.mark.slow
 def test_non_finite_parameters_are_never_saved(tmp_path, dsprites_data_dir):
   """lr 1e39: the logged losses of the first step (from the initial
   parameters) are finite, but the parameters it produces are not."""

@@ -130,20 +130,21 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   evaluate.validate_eval(config)
   table = {}
 
-  def oracle_encoder(networks, main, frames, batch_size, mesh):
+  def oracle_encoder(encode_fn, main, frames, batch_size, mesh):
     content, pose = table[frames.tobytes()[:4096], len(frames)]
     z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5, seed=7)
     return (z_c, z_p) if codes == "oracle" else (z_p, z_c)
 
-  real_frames = mig_frames.mig_frames
+  real_frame_sets = mig_frames.mig_frame_sets
 
   def remembering(*args, **kwargs):
-    frames, content, pose = real_frames(*args, **kwargs)
-    table[frames.tobytes()[:4096], len(frames)] = (content, pose)
-    return frames, content, pose
+    frame_sets = real_frame_sets(*args, **kwargs)
+    for frames, content, pose in frame_sets.sets:
+      table[frames.tobytes()[:4096], len(frames)] = (content, pose)
+    return frame_sets
 
   monkeypatch.setattr(evaluate, "encode_frames", oracle_encoder)
-  monkeypatch.setattr(mig_frames, "mig_frames", remembering)
+  monkeypatch.setattr(mig_frames, "mig_frame_sets", remembering)
   info = type(
     "Info",
     (),
@@ -155,6 +156,10 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   )
   result, _ = evaluate.evaluate_mig(config, info, None, None, None)
   assert low <= result["MIG"] <= high
+  assert result["partial"] is False  # static frames: the whole content
+  assert result["content_factor_names"][0] == (
+    "sprite0_shape" if dataset == "moving_dsprites" else "object_color"
+  )
   assert result["num_frame_sets"] == 2 and result["num_frames"] == 2_000
   assert result["oracle_MIG"] >= 0.9 and result["swapped_MIG"] <= -0.9
   assert result["MIG_ci95"] < 0.05
@@ -252,10 +257,8 @@ def test_mpi3d_configs_score_calibrated_static_frames():
     evaluate.validate_eval(config)
 
 
-def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
-  """Moving MNIST: content is each digit's index among the test images
-  (10 tiny test digits: 100 ordered pairs, so the support is 90 of them);
-  frames that only the order of two grey digits tells apart are replaced."""
+def _tiny_mnist(tmp_path):
+  """The tiny Moving MNIST config on 10 test digits, and their idx dir."""
   manual_dir = write_tiny_mnist(tmp_path / "mnist")
   config = reproduce.build_config(
     "moving_mnist",
@@ -264,6 +267,14 @@ def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
     data_dir=str(tmp_path / "tfds"),
     overrides={"dataset.manual_dir": str(manual_dir)},
   )
+  return config, manual_dir
+
+
+def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
+  """Moving MNIST: content is each digit's index among the test images
+  (10 tiny test digits: 100 ordered pairs, so the support is 90 of them);
+  frames that only the order of two grey digits tells apart are replaced."""
+  config, manual_dir = _tiny_mnist(tmp_path)
   frames, content, pose = mig_frames.mig_frames(config.dataset, NUM_FRAMES)
   assert frames.shape == (NUM_FRAMES, 64, 64, 1) and frames.dtype == np.uint8
   assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
@@ -281,8 +292,27 @@ def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
   z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5)
   assert disentanglement.mig(content, pose, z_c, z_p)["MIG"] >= 0.9
   assert disentanglement.mig(content, pose, z_p, z_c)["MIG"] <= -0.9
-  info = type("Info", (), {"content_factor_names": ("digit0_label", "digit1_label")})
-  assert mig_frames.content_factor_names(config, info) == [
-    "digit0_image",
-    "digit1_image",
-  ]
+  # Its static frames name their content column by column.
+  frame_sets = mig_frames.mig_frame_sets(config.dataset, 100, seeds=[0, 1])
+  assert frame_sets.content_factor_names == ("digit0_image", "digit1_image")
+  assert not frame_sets.content_is_partial
+
+
+def test_frame_sets_read_the_source_once_and_equal_one_set_per_seed(
+  tmp_path, monkeypatch
+):
+  """mig_frame_sets loads MNIST's idx files once for all its seeds, and each
+  of its sets is the one mig_frames draws alone with that seed."""
+  config, _ = _tiny_mnist(tmp_path)
+  loads = []
+  real_load = moving_mnist.load_mnist
+  monkeypatch.setattr(
+    moving_mnist, "load_mnist", lambda *a: loads.append(a) or real_load(*a)
+  )
+  frame_sets = mig_frames.mig_frame_sets(config.dataset, 200, seeds=[3, 4, 5])
+  assert len(loads) == 1 and len(frame_sets.sets) == 3
+  for seed, (frames, content, pose) in zip([3, 4, 5], frame_sets.sets, strict=True):
+    alone = mig_frames.mig_frames(config.dataset, 200, seed=seed)
+    for a, b in zip(alone, (frames, content, pose), strict=True):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(frame_sets.sets[0][1], frame_sets.sets[1][1])

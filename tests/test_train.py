@@ -52,7 +52,12 @@ def _small(config_module):
   return config
 
 
-@pytest.mark.parametrize("config_module", [mipae_dsprites, drnet_dsprites])
+# DRNET's variants are slow checks: the same code path at the cost of a
+# second compile (README, "Tests").
+@pytest.mark.parametrize(
+  "config_module",
+  [mipae_dsprites, pytest.param(drnet_dsprites, marks=pytest.mark.slow)],
+)
 def test_step_runs_once_compiled_and_reports_every_loss(config_module):
   config = _small(config_module)
   mesh = sharding.create_mesh()
@@ -136,6 +141,7 @@ def _assert_same_step(result, expected):
   )
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step():
   """Same batches and RNG on 1 and 8 devices: same metrics and gradients.
 
@@ -150,6 +156,8 @@ def test_eight_device_step_equals_one_device_step():
   )
 
 
+# A second level over test_layers' per-layer and per-network equality.
+@pytest.mark.slow
 @pytest.mark.parametrize("config_module", [mipae_dsprites, drnet_dsprites])
 def test_fast_and_plain_convs_give_the_same_losses_and_gradients(config_module):
   """model.conv_impl changes how the convolutions run, not what they compute.
@@ -336,7 +344,9 @@ def _reference_step(networks, loss_config, method, state, batch, draws, lr):
 
 
 @pytest.mark.parametrize("method", ["mipae", "drnet"])
-@pytest.mark.parametrize("marginal_pairs", ["permutation", "derangement"])
+@pytest.mark.parametrize(
+  "marginal_pairs", ["permutation", pytest.param("derangement", marks=pytest.mark.slow)]
+)
 def test_step_equals_the_hand_written_reference_step(method, marginal_pairs):
   networks, loss_config = _networks(method), _loss_config(marginal_pairs)
   lr = 0.5

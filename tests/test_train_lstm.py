@@ -93,6 +93,7 @@ def test_prediction_has_the_asked_horizon(lstm_workdir, dsprites_data_dir, horiz
   assert np.all((np.asarray(frames) >= 0) & (np.asarray(frames) <= 1))
 
 
+@pytest.mark.slow  # stage one's twin, test_loop, runs by default
 def test_resumed_stage_two_equals_uninterrupted(
   tmp_path, lstm_workdir, trained_workdir, dsprites_data_dir
 ):

@@ -69,7 +69,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Convolution implementation (models/layers.py): "plain" (nn.Conv /
   # nn.ConvTranspose), "fast" (reformulations quick on XLA CPU, equal up to
   # float rounding: space-to-depth, Winograd F(2x2, 2x2), ...; see
-  # models/cpu_conv) or "auto": "fast" on the CPU backend, else "plain".
+  # models/cpu_conv) or "auto": "fast" on the CPU backend of one process,
+  # else "plain" (docs/scaling.md, "Multi-process CPU").
   # The parameters are the same, so checkpoints move between them.
   config.model.conv_impl = "auto"
   # Frames per device in each call of a frozen encoder (stage 2, prediction,

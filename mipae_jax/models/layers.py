@@ -8,7 +8,9 @@ and batch chunking.
   in forms that XLA's CPU backend runs fastest (see `models/cpu_conv`).
   The package is imported here only, when "fast" is built: the models run
   "plain" without it.
-- "auto": "fast" on the CPU backend, "plain" elsewhere (GPU, TPU).
+- "auto": "fast" on the CPU backend of a single process, "plain" elsewhere
+  (GPU, TPU, and CPU jobs of several processes, where "fast" is the known
+  discrepancy of docs/scaling.md, "Multi-process CPU").
 
 Both own the same parameters, "kernel" [kh, kw, in, out] and "bias", so a
 checkpoint made with one restores into the other. Padding is explicit (low,
@@ -30,11 +32,13 @@ PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """The form `impl` names, "fast" or "plain": "auto" is "fast" on CPU only."""
+  """The form `impl` names, "fast" or "plain": "auto" is "fast" on the CPU
+  backend of a single process only (module docstring)."""
   if impl not in IMPLS:
     raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
   if impl == "auto":
-    return "fast" if jax.default_backend() == "cpu" else "plain"
+    single_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+    return "fast" if single_cpu else "plain"
   return impl
 
 
