@@ -7,7 +7,7 @@ import scipy.integrate
 import scipy.stats
 from sklearn.feature_selection import mutual_info_classif
 
-from mipae_jax import disentanglement
+from mipae_jax import disentanglement, knn_mi
 
 
 def _labelled_1d_features(
@@ -77,7 +77,7 @@ def test_jax_estimator_equals_the_kd_tree_reference(metric, k):
   for dims, num_labels, n in ((1, 3, 300), (4, 40, 500), (12, 7, 400)):
     labels, codes = _labelled_codes(rng, n, num_labels, dims)
     for values in (codes, codes.astype(np.float32)):
-      expected = disentanglement._knn_mutual_information_reference(
+      expected = knn_mi.knn_mutual_information_reference(
         labels, values.astype(np.float64), k, metric
       )
       assert expected > 0.05
@@ -93,10 +93,10 @@ def test_each_count_route_equals_the_reference_where_it_applies(route):
   labels, codes = _labelled_codes(rng, 400, 9, 6)
   other_labels = rng.integers(0, 30, 400)
   expected = [
-    disentanglement._knn_mutual_information_reference(labeling, codes, 3)
+    knn_mi.knn_mutual_information_reference(labeling, codes, 3)
     for labeling in (labels, other_labels)
   ]
-  values = disentanglement._knn_statistics(
+  values = knn_mi.knn_mutual_informations(
     [labels, other_labels], codes, 3, "euclidean", route=route
   )
   np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
@@ -126,7 +126,7 @@ def test_jax_estimator_keeps_tiny_radii_exact_on_oracle_codes():
   assert row["MIG"] > 0.9
   # |a|^2 + |b|^2 - 2 a.b alone cannot see radii ~1e-3 next to norms ~10: the
   # routes above matter.
-  naive = disentanglement._knn_statistics(
+  naive = knn_mi.knn_mutual_informations(
     [content], z_c.astype(np.float64), 3, "euclidean", route=1
   )[0]
   assert not naive == pytest.approx(expected["I(f_c,z_c)"], abs=1e-3)
@@ -142,9 +142,7 @@ def test_jax_estimator_counts_exact_duplicates_as_the_reference():
   labels = np.concatenate([labels, labels[copies], rng.integers(0, 6, 30)])
   codes = np.concatenate([codes, codes[copies], codes[strays]])
   for metric in ("euclidean", "chebyshev"):
-    expected = disentanglement._knn_mutual_information_reference(
-      labels, codes, 3, metric
-    )
+    expected = knn_mi.knn_mutual_information_reference(labels, codes, 3, metric)
     value = disentanglement.mutual_information(labels, codes, metric=metric)
     assert value == pytest.approx(expected, abs=1e-12), metric
 
