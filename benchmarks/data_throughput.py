@@ -13,6 +13,8 @@ CPU-s" divides by the CPU time of all the loader's threads (the rate one
 dedicated core sustains, whatever else runs on the machine); "x training" is
 loading's wall-clock frames/s over what a training step of
 --train_step_seconds consumes (batch_size * num_frames frames per step).
+"fresh" columns time the same loader with config.dataset.fresh_train_videos
+(every video rendered on demand instead of read from the build).
 """
 
 import dataclasses
@@ -99,7 +101,25 @@ def _dataset_config(name: str, builder_config, data_dir: str, manual_dir: str | 
       "manual_dir": manual_dir,
       "prepare": True,
       "num_frames": FLAGS.num_frames,
+      "fresh_train_videos": False,
     }
+  )
+
+
+def _time_loader(config, sharding) -> tuple[float, float]:
+  """(wall, CPU) frames/s of the training iterator of `config`."""
+  iterator = input_pipeline.create_train_iterator(
+    config, global_batch_size=FLAGS.batch_size, sharding=sharding, seed=0
+  )
+  for _ in range(2):
+    jax.block_until_ready(next(iterator))
+  start, start_cpu = time.perf_counter(), time.process_time()
+  for _ in range(FLAGS.batches):
+    jax.block_until_ready(next(iterator))
+  frames = FLAGS.batches * FLAGS.batch_size * FLAGS.num_frames
+  return (
+    frames / (time.perf_counter() - start),
+    frames / (time.process_time() - start_cpu),
   )
 
 
@@ -121,25 +141,20 @@ def _time_dataset(
 
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  iterator = input_pipeline.create_train_iterator(
-    config, global_batch_size=FLAGS.batch_size, sharding=sharding, seed=0
-  )
-  for _ in range(2):
-    jax.block_until_ready(next(iterator))
-  start, start_cpu = time.perf_counter(), time.process_time()
-  for _ in range(FLAGS.batches):
-    jax.block_until_ready(next(iterator))
-  load_seconds = time.perf_counter() - start
-  load_cpu_seconds = time.process_time() - start_cpu
-  loaded_frames = FLAGS.batches * FLAGS.batch_size * FLAGS.num_frames
+  load_fps, load_cpu_fps = _time_loader(config, sharding)
+  config.fresh_train_videos = True
+  fresh_fps, fresh_cpu_fps = _time_loader(config, sharding)
   consumed_fps = FLAGS.batch_size * FLAGS.num_frames / FLAGS.train_step_seconds
   return {
     "dataset": spec,
     "videos": num_videos,
     "build_fps": num_videos * builder_config.seq_len / build_seconds,
-    "load_fps": loaded_frames / load_seconds,
-    "load_cpu_fps": loaded_frames / load_cpu_seconds,
-    "margin": loaded_frames / load_seconds / consumed_fps,
+    "load_fps": load_fps,
+    "load_cpu_fps": load_cpu_fps,
+    "margin": load_fps / consumed_fps,
+    "fresh_fps": fresh_fps,
+    "fresh_cpu_fps": fresh_cpu_fps,
+    "fresh_margin": fresh_fps / consumed_fps,
   }
 
 
@@ -166,13 +181,16 @@ def main(argv):
   )
   print(
     "| dataset | videos built | build frames/s | load frames/s "
-    "| load frames per CPU-s | x training |"
+    "| load frames per CPU-s | x training | fresh frames/s "
+    "| fresh frames per CPU-s | fresh x training |"
   )
-  print("|---|---:|---:|---:|---:|---:|")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for row in rows:
     print(
       f"| {row['dataset']} | {row['videos']} | {row['build_fps']:,.0f} | "
-      f"{row['load_fps']:,.0f} | {row['load_cpu_fps']:,.0f} | {row['margin']:.1f} |"
+      f"{row['load_fps']:,.0f} | {row['load_cpu_fps']:,.0f} | {row['margin']:.1f} | "
+      f"{row['fresh_fps']:,.0f} | {row['fresh_cpu_fps']:,.0f} | "
+      f"{row['fresh_margin']:.1f} |"
     )
 
 

@@ -50,6 +50,7 @@ def experiment_fingerprint(
     "method": config.method,
     "dataset": config.dataset.name,
     "builder_config": config.dataset.builder_config,
+    "fresh_train_videos": config.dataset.get("fresh_train_videos", False),
     "image_shape": [info.height, info.width, info.channels],
     "arch": config.model.arch,
     "content_dim": config.model.content_dim,
@@ -60,10 +61,16 @@ def experiment_fingerprint(
   }
 
 
+# Fingerprint keys added after FORMAT_VERSION's first checkpoints, and the
+# value those checkpoints implicitly had.
+_ADDED_KEYS = {"fresh_train_videos": False}
+
+
 def _mismatch(
   saved: dict[str, Any], wanted: dict[str, Any], keys=None
 ) -> dict[str, Any]:
   keys = wanted.keys() if keys is None else keys
+  saved = {**_ADDED_KEYS, **saved}
   return {k: (saved.get(k), wanted[k]) for k in keys if saved.get(k) != wanted[k]}
 
 

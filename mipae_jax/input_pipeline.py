@@ -290,6 +290,45 @@ class _NamedSource:
       ) from e
 
 
+# Videos in the stream of fresh training videos: index_shuffle permutes it
+# lazily, so none repeats before 2**31 - 1 videos (22 epochs of the paper's
+# 240k steps x 100 x 2 batches).
+FRESH_STREAM_LENGTH = 2**31 - 1
+
+
+class FreshVideos:
+  """Training videos rendered on demand: index i is the video the builder
+  would store at index i of a train split holding more than i videos.
+
+  Indices below num_train are the stored videos themselves; the rest are
+  new draws from the same distribution (the split's contents, motion and
+  occlusion), so a run never sees a video twice (the authors' loaders draw
+  every video afresh). Only the first `num_frames` frames are rendered.
+  """
+
+  def __init__(
+    self, builder: tfds.core.DatasetBuilder, dataset_config, num_frames: int
+  ):
+    manual_dir = dataset_config.manual_dir or os.fspath(
+      builder.data_dir_root / "downloads" / "manual"
+    )
+    self._example = builder.example_fn("train", manual_dir, seq_len=num_frames)
+    self._repr = (
+      f"FreshVideos({builder.name}/{builder.builder_config.name}, "
+      f"seed={builder.builder_config.seed}, num_frames={num_frames})"
+    )
+
+  def __len__(self) -> int:
+    return FRESH_STREAM_LENGTH
+
+  def __repr__(self) -> str:  # Grain checks data source reprs on restore.
+    return self._repr
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    example = self._example(int(index))
+    return {key: example[key] for key in ("video", "content_factors", "pose_factors")}
+
+
 def _data_source(
   builder: tfds.core.DatasetBuilder, split: str, dataset_config, decoders=None
 ) -> _NamedSource:
@@ -390,6 +429,10 @@ def create_train_iterator(
 ) -> TrainIterator:
   """Returns the infinite, shuffled training iterator (deterministic given seed).
 
+  The videos are the stored train split, or with
+  `dataset_config.fresh_train_videos` a shuffled stream of fresh ones
+  (FreshVideos) whose first num_train are the stored ones.
+
   Args:
     dataset_config: config.dataset.
     global_batch_size: videos per batch over all processes.
@@ -401,9 +444,12 @@ def create_train_iterator(
   builder = prepare_dataset(dataset_config)
   _check_num_frames(builder, num_frames)
   local_batch_size = _local_batch_size(global_batch_size, sharding)
-  source = _data_source(
-    builder, "train", dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
-  )
+  if dataset_config.get("fresh_train_videos", False):
+    source = FreshVideos(builder, dataset_config, num_frames)
+  else:
+    source = _data_source(
+      builder, "train", dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
+    )
   shard_options = grain.ShardByJaxProcess(drop_remainder=True)
   if len(source) < jax.process_count():
     raise ValueError(

@@ -733,10 +733,10 @@ def test_npz_videos_are_occluded_and_rerender_from_their_factors(tmp_path):
   )
   builder = moving_dsprites.MovingDsprites(config=config, data_dir=str(tmp_path))
   images = _IndexBitImages()
-  contents = moving_dsprites.split_contents(config)["train"]
   orders = moving_dsprites.depth_orders(2)
   occluded = 0
-  for _, example in builder._generate_examples("train", contents, images):
+  make = builder.example_fn("train", images=images)
+  for example in map(make, range(config.num_train)):
     factors, pose = example["content_factors"], example["pose_factors"]
     content = factors[:-1].reshape(2, 3)
     raw = moving_dsprites.official_frames(
@@ -755,3 +755,55 @@ def test_npz_videos_are_occluded_and_rerender_from_their_factors(tmp_path):
     np.testing.assert_array_equal(rerendered, example["video"])
     occluded += not np.array_equal(raw, example["video"])
   assert occluded > 0
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "dsprites", "mpi3d"])
+def test_example_fn_continues_the_stored_stream_with_fresh_videos(
+  tmp_path, tiny_mnist, dataset
+):
+  if dataset == "mnist":
+    builder_cls, manual_dir = moving_mnist.MovingMnist, tiny_mnist
+    config = moving_mnist.MovingMnistConfig(
+      name="f", colour=True, seq_len=SEQ_LEN, num_train=5, num_test=2
+    )
+  elif dataset == "dsprites":
+    builder_cls, manual_dir = moving_dsprites.MovingDsprites, None
+    config = moving_dsprites.MovingDspritesConfig(
+      name="f", rotating=True, seq_len=SEQ_LEN, num_train=5, num_test=2
+    )
+  else:
+    builder_cls, manual_dir = moving_mpi3d.MovingMpi3d, tmp_path
+    _write_mpi3d(tmp_path / moving_mpi3d.MPI3D_FILE, (2, 3, 1, 2, 1, 6, 5))
+    config = moving_mpi3d.MovingMpi3dConfig(
+      name="f", seq_len=SEQ_LEN, num_train=5, num_test=2
+    )
+  builder = _build(builder_cls, config, tmp_path / "data", manual_dir)
+  short = builder.example_fn("train", manual_dir, seq_len=4)
+  full = builder.example_fn("train", manual_dir)
+  stored = _examples(builder, "train")
+  keys = ("video", "content_factors", "pose_factors")
+  # The first videos of the stream are the stored ones (by id, the stream
+  # index); seq_len cuts them.
+  assert sorted(int(example["id"]) for example in stored) == list(range(5))
+  for example in stored:
+    index = int(example["id"])
+    for key in keys:
+      np.testing.assert_array_equal(full(index)[key], example[key])
+    np.testing.assert_array_equal(short(index)["video"], example["video"][:4])
+    np.testing.assert_array_equal(
+      short(index)["pose_factors"], example["pose_factors"][:4]
+    )
+  # Past the split's size come new videos, of the train split's contents.
+  fresh = [full(index) for index in range(5, 25)]
+  stored_videos = {example["video"].tobytes() for example in stored}
+  assert not stored_videos & {example["video"].tobytes() for example in fresh}
+  assert len({example["video"].tobytes() for example in fresh}) == len(fresh)
+  if dataset != "mnist":
+    train_contents = {tuple(c) for c in builder.info.metadata["train_contents"]}
+    for example in fresh:
+      content = example["content_factors"]
+      if dataset == "dsprites":
+        rows = content[:-1].reshape(config.num_sprites, -1)
+        assert all(tuple(row) in train_contents for row in rows.tolist())
+      else:
+        assert tuple(content.tolist()) in train_contents

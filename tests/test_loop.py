@@ -124,6 +124,25 @@ def test_checkpoint_of_another_experiment_is_refused_before_compiling(
   drnet = tiny_config(dsprites_data_dir, "drnet")
   with pytest.raises(checkpointing.CheckpointError, match="method: checkpoint='mipae'"):
     train.train_and_evaluate(drnet, str(trained_workdir))
+  fresh = tiny_config(dsprites_data_dir, **{"dataset.fresh_train_videos": True})
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match="fresh_train_videos: checkpoint=False vs config=True",
+  ):
+    train.train_and_evaluate(fresh, str(trained_workdir))
+
+
+def test_checkpoints_from_before_fresh_videos_count_as_stored_videos(
+  dsprites_data_dir,
+):
+  config = tiny_config(dsprites_data_dir)
+  info = input_pipeline.dataset_info(config.dataset)
+  wanted = checkpointing.experiment_fingerprint(config, info)
+  older = {k: v for k, v in wanted.items() if k != "fresh_train_videos"}
+  assert checkpointing._mismatch(older, wanted) == {}
+  config.dataset.fresh_train_videos = True
+  fresh = checkpointing.experiment_fingerprint(config, info)
+  assert checkpointing._mismatch(older, fresh) == {"fresh_train_videos": (False, True)}
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):

@@ -56,6 +56,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Frames of each training video the main network samples x^t, x^{t+k}
   # from: C + T = 5 + 10 in the reference.
   config.dataset.num_frames = 15
+  # Train on videos rendered fresh, never repeated (as the authors' loaders
+  # draw them), instead of cycling over the builder's stored num_train
+  # videos; the first num_train of the stream are the stored ones. Test
+  # videos stay stored. MNIST / MPI3D read their source files from manual_dir.
+  config.dataset.fresh_train_videos = False
 
   config.model = ml_collections.ConfigDict()
   # "dcgan" (Moving MNIST / dSprites) or "vgg_resnet" (MPI3D, Sec. IV-A).

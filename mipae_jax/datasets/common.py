@@ -6,7 +6,7 @@ import os
 import struct
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,6 +22,11 @@ except ImportError:
 
 FRAME_SIZE = 64
 SPLIT_CODES = {"train": 0, "test": 1}
+
+# index -> one example of a split, as the builder stores it (builders'
+# `example_fn`). Videos are drawn from the index alone (video_rng), so an
+# index past the split's size continues the same stream: fresh videos.
+ExampleFn = Callable[[int], dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,6 +68,28 @@ def small_variant(config: MovingVideoConfig) -> MovingVideoConfig:
     num_train=256,
     num_test=64,
   )
+
+
+def with_seq_len(config: MovingVideoConfig, seq_len: int | None) -> MovingVideoConfig:
+  """`config` with videos cut to their first `seq_len` frames (None: as is).
+
+  Every builder draws a video's random numbers before its motion is rolled
+  out, so the shorter videos are exactly the stored ones' first frames.
+  """
+  if seq_len is None or seq_len == config.seq_len:
+    return config
+  return dataclasses.replace(config, seq_len=seq_len)
+
+
+class StoredStream:
+  """Builder mixin: a split stores the first num_<split> videos of the
+  stream of the builder's `example_fn(split, ...)`."""
+
+  def _generate_examples(
+    self, split: str, example_fn: ExampleFn
+  ) -> Iterator[tuple[int, dict]]:
+    for index in range(getattr(self.builder_config, f"num_{split}")):
+      yield index, example_fn(index)
 
 
 def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -143,19 +170,24 @@ def check_factors(name: str, factors, sizes: Sequence[int]) -> np.ndarray:
   return factors
 
 
+def manual_dir_of(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
+  """The manual dir a build was given (or TFDS's default), None if unset."""
+  try:
+    return dl_manager.manual_dir
+  except AssertionError:  # TFDS: manual dir not given, absent or empty.
+    return dl_manager._manual_dir  # pylint: disable=protected-access
+
+
 def find_manual_file(
-  dl_manager: tfds.download.DownloadManager, filename: str, how_to_obtain: str
+  directory: epath.PathLike | None, filename: str, how_to_obtain: str
 ) -> epath.Path:
-  """Returns the path of `filename` in the manual dir, or a one-line error.
+  """Returns the path of `filename` in the manual dir `directory`, or a
+  one-line error.
 
   Raises:
     FileNotFoundError: naming the file, the directory searched and how to
       obtain the file.
   """
-  try:
-    directory = dl_manager.manual_dir
-  except AssertionError:  # TFDS: manual dir not given, absent or empty.
-    directory = dl_manager._manual_dir  # pylint: disable=protected-access
   path = epath.Path(directory) / filename if directory else None
   if path is None or not path.exists():
     raise FileNotFoundError(

@@ -326,14 +326,9 @@ def pose_and_content(
   return np.concatenate(content).astype(np.int32), pose_factors
 
 
-def _official_images_in(manual_dir) -> np.ndarray:
+def _official_images_in(manual_dir: epath.PathLike | None) -> np.ndarray:
   """Loads the official images from a manual dir, or a one-line error."""
-  path = epath.Path(manual_dir) / DSPRITES_FILE if manual_dir else None
-  if path is None or not path.exists():
-    raise FileNotFoundError(
-      f"{DSPRITES_FILE} not found in manual dir {manual_dir}; {_HOW_TO_OBTAIN} "
-      "and pass its directory as manual_dir (or the loaded images)."
-    )
+  path = common.find_manual_file(manual_dir, DSPRITES_FILE, _HOW_TO_OBTAIN)
   return load_official_images(os.fspath(path))
 
 
@@ -396,7 +391,7 @@ def render_frames(
   return frames
 
 
-class MovingDsprites(tfds.core.GeneratorBasedBuilder):
+class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   """Moving dSprites with (shape, scale[, orientation]) content, grid positions as pose."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -483,20 +478,32 @@ class MovingDsprites(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     images = None
     if self.builder_config.source == "npz":
-      path = common.find_manual_file(dl_manager, DSPRITES_FILE, _HOW_TO_OBTAIN)
-      images = load_official_images(path)
-    contents = split_contents(self.builder_config)
+      images = _official_images_in(common.manual_dir_of(dl_manager))
     return {
-      split: self._generate_examples(split, contents[split], images)
+      split: self._generate_examples(split, self.example_fn(split, images=images))
       for split in ("train", "test")
     }
 
-  def _generate_examples(
-    self, split: str, contents: np.ndarray, images: np.ndarray | None
-  ):
-    config = self.builder_config
-    num_videos = config.num_train if split == "train" else config.num_test
-    for index in range(num_videos):
+  def example_fn(
+    self,
+    split: str,
+    manual_dir: epath.PathLike | None = None,
+    seq_len: int | None = None,
+    *,
+    images: np.ndarray | None = None,
+  ) -> common.ExampleFn:
+    """index -> example `index` of `split`, as the build stores it.
+
+    Indices past the split's size continue the stream (fresh videos of the
+    split's contents). `seq_len`: only the first frames. "npz" configs read
+    the official images from `manual_dir` unless `images` is given.
+    """
+    config = common.with_seq_len(self.builder_config, seq_len)
+    if config.source == "npz" and images is None:
+      images = _official_images_in(manual_dir)
+    contents = split_contents(config)[split]
+
+    def example(index: int) -> dict[str, np.ndarray]:
       sample = sample_video(config, split, index, contents)
       content_factors, pose_factors = pose_and_content(config, sample)
       video = render_frames(
@@ -505,14 +512,13 @@ class MovingDsprites(tfds.core.GeneratorBasedBuilder):
         pose_factors,
         images=images,
       )
-      yield (
-        index,
-        {
-          "video": video,
-          "content_factors": content_factors,
-          "pose_factors": pose_factors,
-          "id": index,
-          "velocities": sample["velocities"].reshape(config.seq_len, -1),
-          "rotation_steps": sample["rotation_steps"],
-        },
-      )
+      return {
+        "video": video,
+        "content_factors": content_factors,
+        "pose_factors": pose_factors,
+        "id": index,
+        "velocities": sample["velocities"].reshape(config.seq_len, -1),
+        "rotation_steps": sample["rotation_steps"],
+      }
+
+    return example

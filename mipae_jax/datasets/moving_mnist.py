@@ -157,7 +157,7 @@ def sample_video(
   }
 
 
-class MovingMnist(tfds.core.GeneratorBasedBuilder):
+class MovingMnist(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   """Moving MNIST with digit labels as (partial) content and positions as pose."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -215,33 +215,44 @@ class MovingMnist(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    paths = [
-      common.find_manual_file(dl_manager, name, _HOW_TO_OBTAIN)
-      for name in ALL_MNIST_FILES
-    ]
-    directory = paths[0].parent
+    directory = common.manual_dir_of(dl_manager)
     return {
-      split: self._generate_examples(split, *load_mnist(directory, split))
+      split: self._generate_examples(split, self.example_fn(split, directory))
       for split in ("train", "test")
     }
 
-  def _generate_examples(self, split: str, images: np.ndarray, labels: np.ndarray):
-    config = self.builder_config
-    num_videos = config.num_train if split == "train" else config.num_test
-    for index in range(num_videos):
+  def example_fn(
+    self,
+    split: str,
+    manual_dir: epath.PathLike | None = None,
+    seq_len: int | None = None,
+  ) -> common.ExampleFn:
+    """index -> example `index` of `split`, as the build stores it.
+
+    Indices past the split's size continue the stream (fresh videos of the
+    split's MNIST digits), read from the idx files in `manual_dir`.
+    `seq_len`: only the first frames.
+    """
+    config = common.with_seq_len(self.builder_config, seq_len)
+    paths = [
+      common.find_manual_file(manual_dir, name, _HOW_TO_OBTAIN)
+      for name in MNIST_FILES[split]
+    ]
+    images, labels = load_mnist(paths[0].parent, split)
+
+    def example(index: int) -> dict[str, np.ndarray]:
       sample = sample_video(config, split, index, len(images))
       digits = resize_digits(images[sample["digit_indices"]])
       positions = sample["positions"]
-      video = render_video(digits, positions[..., 0], positions[..., 1], config.colour)
-      num_frames = config.seq_len
-      yield (
-        index,
-        {
-          "video": video,
-          "content_factors": labels[sample["digit_indices"]].astype(np.int32),
-          "pose_factors": positions.reshape(num_frames, -1),
-          "id": index,
-          "digit_indices": sample["digit_indices"],
-          "velocities": sample["velocities"].reshape(num_frames, -1),
-        },
-      )
+      return {
+        "video": render_video(
+          digits, positions[..., 0], positions[..., 1], config.colour
+        ),
+        "content_factors": labels[sample["digit_indices"]].astype(np.int32),
+        "pose_factors": positions.reshape(config.seq_len, -1),
+        "id": index,
+        "digit_indices": sample["digit_indices"],
+        "velocities": sample["velocities"].reshape(config.seq_len, -1),
+      }
+
+    return example

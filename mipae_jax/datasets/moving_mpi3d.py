@@ -27,6 +27,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from mipae_jax.datasets import common, motion
 
@@ -199,7 +200,12 @@ def render_frames(
   return np.asarray(images[index], np.uint8)
 
 
-class MovingMpi3d(tfds.core.GeneratorBasedBuilder):
+def _images_in(manual_dir: epath.PathLike | None) -> np.ndarray:
+  """Loads the MPI3D images from a manual dir, or a one-line error."""
+  return load_images(common.find_manual_file(manual_dir, MPI3D_FILE, _HOW_TO_OBTAIN))
+
+
+class MovingMpi3d(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   """Moving MPI3D-real: object and scene as content, arm angles as pose."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -257,8 +263,7 @@ class MovingMpi3d(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    path = common.find_manual_file(dl_manager, MPI3D_FILE, _HOW_TO_OBTAIN)
-    images = load_images(path)
+    images = _images_in(common.manual_dir_of(dl_manager))
     content_sizes, pose_sizes = factor_sizes(self.builder_config, images)
     contents = split_contents(self.builder_config, content_sizes)
     self.info.metadata.update(
@@ -268,24 +273,39 @@ class MovingMpi3d(tfds.core.GeneratorBasedBuilder):
       test_contents=contents["test"].tolist(),
     )
     return {
-      split: self._generate_examples(split, images, contents[split])
+      split: self._generate_examples(split, self.example_fn(split, images=images))
       for split in ("train", "test")
     }
 
-  def _generate_examples(self, split: str, images: np.ndarray, contents: np.ndarray):
-    config = self.builder_config
-    num_videos = config.num_train if split == "train" else config.num_test
-    _, pose_sizes = factor_sizes(config, images)
-    for index in range(num_videos):
+  def example_fn(
+    self,
+    split: str,
+    manual_dir: epath.PathLike | None = None,
+    seq_len: int | None = None,
+    *,
+    images: np.ndarray | None = None,
+  ) -> common.ExampleFn:
+    """index -> example `index` of `split`, as the build stores it.
+
+    Indices past the split's size continue the stream (fresh videos of the
+    split's contents). The images come from `manual_dir` unless given.
+    `seq_len`: only the first frames.
+    """
+    config = common.with_seq_len(self.builder_config, seq_len)
+    if images is None:
+      images = _images_in(manual_dir)
+    content_sizes, pose_sizes = factor_sizes(config, images)
+    contents = split_contents(config, content_sizes)[split]
+
+    def example(index: int) -> dict[str, np.ndarray]:
       sample = sample_video(config, split, index, contents, pose_sizes)
       content = np.broadcast_to(sample["content"], (config.seq_len, 5))
-      yield (
-        index,
-        {
-          "video": render_frames(config, content, sample["pose"], images),
-          "content_factors": sample["content"],
-          "pose_factors": sample["pose"],
-          "id": index,
-          "velocities": sample["velocities"],
-        },
-      )
+      return {
+        "video": render_frames(config, content, sample["pose"], images),
+        "content_factors": sample["content"],
+        "pose_factors": sample["pose"],
+        "id": index,
+        "velocities": sample["velocities"],
+      }
+
+    return example
