@@ -78,6 +78,12 @@ def _settings_section(
   rows = [
     ["scale", scale],
     ["dataset", f"{config.dataset.name}/{config.dataset.builder_config}"],
+    [
+      "training videos",
+      "rendered fresh, never repeated"
+      if config.dataset.fresh_train_videos
+      else f"the {info.num_train:,} stored ones, reshuffled each epoch",
+    ],
     ["seed", str(config.seed)],
     ["main network: steps x batch", f"{config.num_train_steps} x {config.batch_size}"],
     [

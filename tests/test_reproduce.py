@@ -147,6 +147,7 @@ def test_report_states_settings_and_commands(reproduced):
   settings = dict(row[:2] for row in _table_rows(text, "## Settings"))
   assert settings["main network: steps x batch"] == "4 x 8"
   assert settings["scale"] == "tiny"
+  assert settings["training videos"] == "the 256 stored ones, reshuffled each epoch"
   assert "| `eval.lpips_nets` | ('alex', 'vgg') | ('alex',) |" in text
   assert (
     "python -m mipae_jax.main --mode=reproduce "
