@@ -32,7 +32,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from etils import epath
 
 from mipae_jax import input_pipeline
 from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
@@ -174,22 +173,10 @@ def _dsprites_source(dataset_config, config, split: str) -> _Source:
   )
 
 
-def _mpi3d_images(manual_dir) -> np.ndarray:
-  """The builder's source: MPI3D_FILE in the manual dir, or a one-line error."""
-  path = epath.Path(manual_dir) / moving_mpi3d.MPI3D_FILE if manual_dir else None
-  if path is None or not path.exists():
-    raise FileNotFoundError(
-      f"{moving_mpi3d.MPI3D_FILE} not found in manual dir {manual_dir}; download "
-      f"it from {moving_mpi3d.MPI3D_URL} and pass its directory as "
-      "config.dataset.manual_dir."
-    )
-  return moving_mpi3d.load_images(path)
-
-
 def _mpi3d_source(dataset_config, config, split: str) -> _Source:
   """Content rows: `split`'s content combinations (as the builder splits
   the file's factor sizes); pose rows: both degrees of freedom uniform."""
-  images = _mpi3d_images(dataset_config.manual_dir)
+  images = moving_mpi3d.images_in(dataset_config.manual_dir)
   content_sizes, pose_sizes = moving_mpi3d.factor_sizes(config, images)
   allowed = moving_mpi3d.split_contents(config, content_sizes)[split]
   return _Source(
@@ -209,12 +196,7 @@ def _mnist_source(dataset_config, config, split: str) -> _Source:
   (`digitD_image`: the whole content, where the videos' `digitD_label` is a
   function of it); pose rows: every corner coordinate uniform. Reads the idx
   files from the manual dir, as the builder does."""
-  if not dataset_config.manual_dir:
-    raise FileNotFoundError(
-      "Moving MNIST's MIG frames need the MNIST idx files: set "
-      "config.dataset.manual_dir to their directory."
-    )
-  images, _ = moving_mnist.load_mnist(dataset_config.manual_dir, split)
+  images, _ = moving_mnist.load_mnist_in(dataset_config.manual_dir, split)
   pose_sizes = [moving_mnist.MAX_POSITION + 1] * (2 * config.num_digits)
 
   def render(content: np.ndarray, pose: np.ndarray) -> np.ndarray:

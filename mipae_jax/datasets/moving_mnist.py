@@ -141,6 +141,18 @@ def load_mnist(directory: epath.PathLike, split: str) -> tuple[np.ndarray, np.nd
   return images, labels
 
 
+def load_mnist_in(
+  manual_dir: epath.PathLike | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """load_mnist of `split` from a manual dir, or a one-line error naming the
+  missing file."""
+  paths = [
+    common.find_manual_file(manual_dir, name, _HOW_TO_OBTAIN)
+    for name in MNIST_FILES[split]
+  ]
+  return load_mnist(paths[0].parent, split)
+
+
 def sample_video(
   config: MovingMnistConfig, split: str, index: int, num_images: int
 ) -> dict[str, np.ndarray]:
@@ -234,11 +246,7 @@ class MovingMnist(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     `seq_len`: only the first frames.
     """
     config = common.with_seq_len(self.builder_config, seq_len)
-    paths = [
-      common.find_manual_file(manual_dir, name, _HOW_TO_OBTAIN)
-      for name in MNIST_FILES[split]
-    ]
-    images, labels = load_mnist(paths[0].parent, split)
+    images, labels = load_mnist_in(manual_dir, split)
 
     def example(index: int) -> dict[str, np.ndarray]:
       sample = sample_video(config, split, index, len(images))

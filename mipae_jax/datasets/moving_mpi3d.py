@@ -200,7 +200,7 @@ def render_frames(
   return np.asarray(images[index], np.uint8)
 
 
-def _images_in(manual_dir: epath.PathLike | None) -> np.ndarray:
+def images_in(manual_dir: epath.PathLike | None) -> np.ndarray:
   """Loads the MPI3D images from a manual dir, or a one-line error."""
   return load_images(common.find_manual_file(manual_dir, MPI3D_FILE, _HOW_TO_OBTAIN))
 
@@ -263,7 +263,7 @@ class MovingMpi3d(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    images = _images_in(common.manual_dir_of(dl_manager))
+    images = images_in(common.manual_dir_of(dl_manager))
     content_sizes, pose_sizes = factor_sizes(self.builder_config, images)
     contents = split_contents(self.builder_config, content_sizes)
     self.info.metadata.update(
@@ -293,7 +293,7 @@ class MovingMpi3d(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     """
     config = common.with_seq_len(self.builder_config, seq_len)
     if images is None:
-      images = _images_in(manual_dir)
+      images = images_in(manual_dir)
     content_sizes, pose_sizes = factor_sizes(config, images)
     contents = split_contents(config, content_sizes)[split]
 
