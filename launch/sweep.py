@@ -48,7 +48,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from mipae_jax import config_fields, config_validation, sweeps  # noqa: E402
 
-STAGES = ("train", "train_lstm", "eval")
+# Entry-point modes a run can go through; curves scores its checkpoints.
+STAGES = ("train", "train_lstm", "eval", "curves")
 SWEEP_FILE = "sweep.json"
 SBATCH_FILE = "sweep.sbatch"
 

@@ -212,7 +212,7 @@ def test_sweep_dry_run_lists_product_and_zip_runs_with_their_workdirs(tmp_path, 
     [
       f"--config={config}:smoke",
       f"--workdir_root={root}",
-      "--stages=train,eval",
+      "--stages=train,eval,curves",
       "--dry-run",
       "--",
       "--config.num_train_steps=5",
@@ -224,7 +224,7 @@ def test_sweep_dry_run_lists_product_and_zip_runs_with_their_workdirs(tmp_path, 
   for name, (mi_weight, seed, dtype) in _EXPECTED_RUNS.items():
     workdir = root / name
     assert f"{name}  ->  {workdir}" in out
-    for stage in ("train", "eval"):
+    for stage in ("train", "eval", "curves"):
       expected = [
         sys.executable,
         "-m",
@@ -650,6 +650,27 @@ def test_shipped_get_sweep_expands_to_seeds_times_weights(config_file, weight):
   assert {run["seed"] for run in runs} == {0, 1}
   assert sorted({run[weight] for run in runs}) == [1e-5, 1e-4, 1e-3]
   assert len(set(sweeps.run_names(runs))) == 6
+
+
+def test_method_sweep_runs_equal_each_methods_own_config_with_that_seed():
+  from mipae_jax.configs import drnet_dsprites, mipae_dsprites, mipae_vs_drnet_dsprites
+
+  spec = str(REPO_ROOT / "configs" / "mipae_vs_drnet_dsprites.py:long_cpu")
+  runs = sweep_tool.load_sweep(spec)
+  assert [(run["method"], run["seed"]) for run in runs] == [
+    ("mipae", 0),
+    ("mipae", 1),
+    ("drnet", 0),
+    ("drnet", 1),
+  ]
+  own = {"mipae": mipae_dsprites, "drnet": drnet_dsprites}
+  for run in runs:
+    config = mipae_vs_drnet_dsprites.get_config("long_cpu")
+    expected = own[run["method"]].get_config("long_cpu")
+    expected.seed = run["seed"]
+    config.update(run)
+    assert config.to_dict() == expected.to_dict()
+  assert config.method == "drnet" and config.batch_size == 16
 
 
 # mipae_jax/main.py: one command line; mipae_jax.reproduce and
