@@ -50,6 +50,7 @@ def experiment_fingerprint(
     "method": config.method,
     "dataset": config.dataset.name,
     "builder_config": config.dataset.builder_config,
+    "dataset_version": info.version,
     "fresh_train_videos": config.dataset.get("fresh_train_videos", False),
     "image_shape": [info.height, info.width, info.channels],
     "arch": config.model.arch,

@@ -4,7 +4,10 @@ Each run is a workdir evaluated by `evaluate.evaluate` (DIR/eval/metrics.json).
 The table has one row per run, as Table I of the paper: method, run, dataset,
 steps, the four mutual informations, both entropies and MIG (eq. 8), each
 "mean ± 95 % CI" over the MIG frame sets, beside the protocol's ceiling and
-floor on the same frames (oracle and swapped codes), then PSNR / SSIM / LPIPS
+floor on the same frames (oracle and swapped codes) and, with several
+objects, the one-object ceiling (an oracle of one object only) and each
+object's captured shares I(f^s; z) / H(f^s) of its content and pose; then
+PSNR / SSIM / LPIPS and each object's channel error over the all-black error
 (mean ± 95 % CI) at predicted frames 1, 10 and 30 where the runs have them
 (Fig. 5). MIG on Moving MNIST uses only the digit labels
 as content factors and is marked "partial". Command line:
@@ -19,7 +22,7 @@ from typing import Any
 
 from etils import epath
 
-from mipae_jax import paper, visualize
+from mipae_jax import disentanglement, paper, visualize
 
 TABLE_FRAMES = (1, 10, 30)
 FRAME_METRICS = {
@@ -74,7 +77,7 @@ def _frame_value(run_metrics: dict[str, Any], name: str, frame: int) -> str:
   curve = frame_metrics["curves"].get(name)
   if curve is None or frame not in frame_metrics["frames"]:
     return _MISSING
-  digits = FRAME_METRICS[name][1]
+  digits = FRAME_METRICS[name][1] if name in FRAME_METRICS else 3
   index = frame_metrics["frames"].index(frame)
   return number(curve["mean"][index], digits, curve["ci95"][index])
 
@@ -93,6 +96,20 @@ def comparison_table(
     for n in FRAME_METRICS
     if any(n in m["frame_metrics"]["curves"] for m in metrics_list)
   ]
+  objects = list(
+    dict.fromkeys(o for m in metrics_list for o in (m["mig"] or {}).get("objects", []))
+  )
+  captured = [
+    disentanglement.captured_term(group, o)
+    for o in objects
+    for group in ("content", "pose")
+  ]
+  drawn = list(
+    dict.fromkeys(
+      o for m in metrics_list for o in m["frame_metrics"].get("objects", [])
+    )
+  )
+  errors = [f"object_error_{o}" for o in drawn]
   header = [
     "Method",
     "Run",
@@ -102,8 +119,11 @@ def comparison_table(
     *paper.MIG_TERMS,
     "Oracle MIG",
     "Swapped MIG",
+    *(["One-object MIG"] if objects else []),
+    *captured,
     "MIG factors",
     *(f"{FRAME_METRICS[n][0]} @{f}" for n in names for f in frames),
+    *(f"{o} error @{f}" for o in drawn for f in frames),
   ]
   rows = []
   for m in metrics_list:
@@ -120,8 +140,11 @@ def comparison_table(
         *(mig_cell(mig, term) for term in paper.MIG_TERMS),
         mig_cell(mig, "oracle_MIG"),
         mig_cell(mig, "swapped_MIG"),
+        *([mig_cell(mig, "one_object_MIG")] if objects else []),
+        *(mig_cell(mig, term, 3) for term in captured),
         factors,
         *(_frame_value(m, n, f) for n in names for f in frames),
+        *(_frame_value(m, e, f) for e in errors for f in frames),
       ]
     )
   return header, rows

@@ -15,7 +15,7 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from mipae_jax import paper, visualize
+from mipae_jax import disentanglement, paper, visualize
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -26,6 +26,19 @@ SWAP_POSE_COLUMNS = 8
 STRIP_SEQUENCES = 4
 # TensorBoard tag of each Table I term.
 MIG_TAGS = {**paper.MIG_TERMS, "oracle_MIG": "oracle_MIG", "swapped_MIG": "swapped_MIG"}
+
+
+def mig_tags(mig: dict[str, Any]) -> dict[str, str]:
+  """The TensorBoard tag of every MIG term an evaluation has: Table I's, the
+  ceilings, and with several objects the one-object ceiling and each
+  object's captured shares (content_captured_sprite0, ...)."""
+  tags = dict(MIG_TAGS)
+  if mig.get("objects"):
+    tags["one_object_MIG"] = "one_object_MIG"
+    for name in mig["objects"]:
+      for group in ("content", "pose"):
+        tags[disentanglement.captured_term(group, name)] = f"{group}_captured_{name}"
+  return tags
 
 
 def json_ready(value: Any) -> Any:
@@ -67,7 +80,7 @@ def scalar_summaries(result: dict[str, Any]) -> dict[str, float]:
     scalars[f"eval_{name}/horizon_mean"] = curve["horizon_mean"]
   if result["mig"]:
     group = "eval_mig_partial" if result["mig"]["partial"] else "eval_mig"
-    for term, tag in MIG_TAGS.items():
+    for term, tag in mig_tags(result["mig"]).items():
       scalars[f"{group}/{tag}"] = result["mig"][term]
       scalars[f"{group}/{tag}_ci95"] = result["mig"][f"{term}_ci95"]
   return {k: v for k, v in scalars.items() if v is not None}

@@ -165,6 +165,57 @@ def frame_scores(
   return scores
 
 
+def object_channels(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], str]:
+  """The objects drawn one per colour channel (object i in channel i), and
+  why there are none: Moving dSprites' sprites, colour Moving MNIST's
+  digits; grey Moving MNIST and MPI3D have no channel per object."""
+  builder_config = input_pipeline.get_builder(config.dataset).builder_config
+  if config.dataset.name == "moving_dsprites":
+    return tuple(f"sprite{s}" for s in range(builder_config.num_sprites)), ""
+  if config.dataset.name == "moving_mnist":
+    if builder_config.colour:
+      return tuple(f"digit{d}" for d in range(builder_config.num_digits)), ""
+    return (), "grey Moving MNIST draws every digit in one channel"
+  return (), f"{config.dataset.name} has no channel per object"
+
+
+def channel_errors(
+  frames: jax.Array, truth: jax.Array, objects: Sequence[str]
+) -> dict[str, jax.Array]:
+  """Per object (channel i = objects[i]): the MSE of frames [B, T, H, W, C]
+  against truth in that channel, and of an all-black frame: name -> [B, T]."""
+  errors = {}
+  for channel, name in enumerate(objects):
+    target = truth[..., channel]
+    errors[f"mse_{name}"] = jnp.mean((frames[..., channel] - target) ** 2, axis=(2, 3))
+    errors[f"black_{name}"] = jnp.mean(target**2, axis=(2, 3))
+  return errors
+
+
+def object_error_curves(
+  errors: dict[str, np.ndarray], objects: Sequence[str]
+) -> dict[str, Any]:
+  """Per object and predicted frame, the channel's MSE over the all-black
+  MSE on the same frames (0: exact, 1: not drawn) with a 95 % interval, for
+  the LSTM's predictions ("object_error_<name>") and for the decoder given
+  the true poses ("recon_object_error_<name>"); same layout as
+  summarize_scores."""
+  curves = {}
+  for name in objects:
+    black = errors[f"black_{name}"]
+    for prefix in ("", "recon_"):
+      mse = errors[f"{prefix}mse_{name}"]
+      ratio, half_width = metrics.ratio_and_ci95(mse, black, axis=0)
+      horizon, horizon_half = metrics.ratio_and_ci95(mse.sum(1), black.sum(1))
+      curves[f"{prefix}object_error_{name}"] = {
+        "mean": np.asarray(ratio).tolist(),
+        "ci95": np.asarray(half_width).tolist(),
+        "horizon_mean": horizon,
+        "horizon_ci95": horizon_half,
+      }
+  return curves
+
+
 class _Progress:
   """Log lines with the work done, its rate and the ETA: after the first step
   (compilation included), then every 30 s, and at the end."""
@@ -201,6 +252,9 @@ class FrameEvaluation:
   scores: dict[str, np.ndarray]  # name -> [N, T]
   videos: np.ndarray  # uint8 [n, C + T, H, W, ch], the first test videos
   predicted: np.ndarray  # [min(n, STRIP_SEQUENCES), T, H, W, ch] in [0, 1]
+  # channel_errors of the predictions and ("recon_" keys) of the
+  # reconstructions with true poses, per object: name -> [N, T].
+  object_errors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_frames(
@@ -210,10 +264,15 @@ def evaluate_frames(
   num_sequences: int,
   num_context: int,
   lpips_nets: Sequence[str],
+  reconstruct_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+  objects: Sequence[str] = (),
 ) -> FrameEvaluation:
-  """Predicts the future of every test sequence and scores each frame."""
+  """Predicts the future of every test sequence and scores each frame; with
+  `objects` (one per colour channel) also each object's channel error of the
+  predictions and of reconstruct_fn's (main, context, future) frames."""
   progress = _Progress("Frame metrics", num_sequences, "sequences")
   scores: dict[str, list[np.ndarray]] = {}
+  object_errors: dict[str, list[np.ndarray]] = {}
   videos = predicted_shown = None
   done = 0
   for batch in batches:
@@ -221,10 +280,21 @@ def evaluate_frames(
     predicted = predict_fn(params, video[:, :num_context])
     truth = autoencoder.to_float_frames(video[:, num_context:])
     batch_scores = frame_scores(predicted, truth, lpips_nets)
-    gathered = _gather({"mask": batch["mask"], **batch_scores})
+    batch_errors = {}
+    if objects:
+      batch_errors = channel_errors(predicted, truth, objects)
+      recon = reconstruct_fn(
+        params["main"], video[:, :num_context], video[:, num_context:]
+      )
+      for name, value in channel_errors(recon, truth, objects).items():
+        if name.startswith("mse_"):
+          batch_errors[f"recon_{name}"] = value
+    gathered = _gather({"mask": batch["mask"], **batch_scores, **batch_errors})
     mask = gathered["mask"]
     for name in batch_scores:
       scores.setdefault(name, []).append(gathered[name][mask])
+    for name in batch_errors:
+      object_errors.setdefault(name, []).append(gathered[name][mask])
     if videos is None:
       num_shown = min(SWAP_CONTENT_ROWS + 1, int(mask.sum()))
       videos = _gather(video[:num_shown])
@@ -238,6 +308,7 @@ def evaluate_frames(
     {name: np.concatenate(values) for name, values in scores.items()},
     videos,
     predicted_shown,
+    {name: np.concatenate(values) for name, values in object_errors.items()},
   )
 
 
@@ -335,17 +406,40 @@ def _mig_frame_sets(
 
 
 def mig_with_ceiling(
-  content: np.ndarray, pose: np.ndarray, z_c: np.ndarray, z_p: np.ndarray
+  content: np.ndarray,
+  pose: np.ndarray,
+  z_c: np.ndarray,
+  z_p: np.ndarray,
+  objects: mig_frames.Objects | None = None,
 ) -> dict[str, float]:
   """eq. 8 and its Table I terms for (z_c, z_p), beside the protocol's
-  ceiling and floor on the same frames: oracle codes (a perfect encoder) and
-  the same codes swapped."""
-  terms = disentanglement.mig(content, pose, z_c, z_p)
-  oracle_c, oracle_p = mig_frames.oracle_codes(
-    content, pose, z_c.shape[1], z_p.shape[1]
+  ceiling and floor on the same frames: oracle codes (a perfect encoder),
+  the same codes swapped, and with several objects an oracle of the first
+  object only (its content in z_c, its pose in z_p: what a model that draws
+  one object of the scene can reach), and each object's captured shares."""
+  blocks = (
+    None
+    if objects is None
+    else dict(
+      zip(
+        objects.names,
+        zip(objects.content_columns, objects.pose_columns, strict=True),
+        strict=True,
+      )
+    )
   )
+  terms = disentanglement.mig(content, pose, z_c, z_p, objects=blocks)
+  dims = (z_c.shape[1], z_p.shape[1])
+  oracle_c, oracle_p = mig_frames.oracle_codes(content, pose, *dims)
   terms["oracle_MIG"] = disentanglement.mig(content, pose, oracle_c, oracle_p)["MIG"]
   terms["swapped_MIG"] = disentanglement.mig(content, pose, oracle_p, oracle_c)["MIG"]
+  if objects is not None:
+    one_c, one_p = mig_frames.oracle_codes(
+      content[:, list(objects.content_columns[0])],
+      pose[:, list(objects.pose_columns[0])],
+      *dims,
+    )
+    terms["one_object_MIG"] = disentanglement.mig(content, pose, one_c, one_p)["MIG"]
   return terms
 
 
@@ -368,7 +462,7 @@ def evaluate_mig(
     z_c, z_p = encode_frames(encode_fn, main, frames, config.eval.batch_size, mesh)
     encode_s += time.monotonic() - encode_start
     logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
-    per_fold.append(mig_with_ceiling(content, pose, z_c, z_p))
+    per_fold.append(mig_with_ceiling(content, pose, z_c, z_p, frame_sets.objects))
     labels.append((len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))))
   result: dict[str, Any] = {}
   for term in per_fold[0]:
@@ -383,6 +477,7 @@ def evaluate_mig(
     pose_factor_names=list(info.pose_factor_names),
     num_content_labels=labels[0][0],
     num_pose_labels=labels[0][1],
+    objects=list(frame_sets.objects.names) if frame_sets.objects else [],
   )
   timing = {
     "mig_load_and_encode_s": encode_s,
@@ -451,6 +546,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     num_frames=num_context + num_future,
     num_sequences=num_sequences,
   )
+  objects, no_objects = object_channels(config)
+  if not objects:
+    logging.info("No per-object channel errors: %s.", no_objects)
   frames = evaluate_frames(
     predict_fn,
     {"main": main, "lstm": lstm_params},
@@ -458,7 +556,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     num_sequences,
     num_context,
     tuple(config.eval.lpips_nets),
+    predict.make_reconstruct_fn(networks, mesh),
+    objects,
   )
+  curves = summarize_scores(frames.scores)
+  curves.update(object_error_curves(frames.object_errors, objects))
   scored = time.monotonic()
   timing = {
     "restore_s": restored - started,
@@ -484,7 +586,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     "frame_metrics": {
       "num_sequences": num_sequences,
       "frames": list(range(1, num_future + 1)),
-      "curves": summarize_scores(frames.scores),
+      "curves": curves,
+      "objects": list(objects),
+      "no_objects": no_objects,
     },
     "mig": mig,
     "timing": timing,

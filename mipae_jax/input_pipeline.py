@@ -26,7 +26,9 @@ import grain.python as grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from array_record.python import array_record_module
+from etils import epath
 from jax.experimental import multihost_utils
 
 # Registers moving_mnist, moving_dsprites and moving_mpi3d with TFDS.
@@ -63,6 +65,8 @@ class DatasetInfo:
   # Number of values of each factor (for MI / MIG).
   content_factor_sizes: tuple[int, ...]
   pose_factor_sizes: tuple[int, ...]
+  # The builder's version: data and checkpoints of another version differ.
+  version: str = ""
 
 
 class _VideoPrefixDecoder(tfds.decode.Decoder):
@@ -175,14 +179,27 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
   builder = get_builder(dataset_config)
   if builder.is_prepared():
     return builder
+  older = older_prepared_versions(builder)
+  superseded = (
+    f" (version {', '.join(older)} there is superseded and never read)" if older else ""
+  )
   if not dataset_config.prepare:
     raise FileNotFoundError(
-      f"{dataset_config.name}/{_builder_config_name(dataset_config)} is not built "
-      f"in {builder.data_dir}; set config.dataset.prepare=True to build it on "
+      f"{dataset_config.name}/{_builder_config_name(dataset_config)} version "
+      f"{builder.version} is not built in {builder.data_dir}{superseded}; set "
+      "config.dataset.prepare=True to build it on "
       "first use, or build it beforehand with "
       "mipae_jax.input_pipeline.prepare_dataset or --mode=prepare (docs/datasets.md, 'Preparing data')."
     )
   _check_buildable(builder, dataset_config)
+  if older and jax.process_index() == 0:
+    logging.warning(
+      "%s/%s: building version %s%s.",
+      dataset_config.name,
+      _builder_config_name(dataset_config),
+      builder.version,
+      superseded,
+    )
   download_config = tfds.download.DownloadConfig(manual_dir=dataset_config.manual_dir)
   if jax.process_count() > 1:
     if jax.process_index() == 0:
@@ -197,6 +214,22 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
     file_format="array_record", download_config=download_config
   )
   return get_builder(dataset_config)
+
+
+def older_prepared_versions(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Versions of `builder`'s config prepared in its data dir, older than its own."""
+  config_dir = epath.Path(builder.data_dir).parent
+  if not config_dir.exists():
+    return []
+  found = []
+  for child in config_dir.iterdir():
+    try:
+      version = tfds.core.Version(child.name)
+    except ValueError:
+      continue
+    if version < builder.version and (child / "dataset_info.json").exists():
+      found.append(str(version))
+  return sorted(found, key=tfds.core.Version)
 
 
 def dataset_info(dataset_config) -> DatasetInfo:
@@ -217,6 +250,7 @@ def dataset_info(dataset_config) -> DatasetInfo:
     content_is_partial=bool(metadata["content_is_partial"]),
     content_factor_sizes=tuple(metadata["content_factor_sizes"]),
     pose_factor_sizes=tuple(metadata["pose_factor_sizes"]),
+    version=str(builder.version),
   )
 
 

@@ -139,11 +139,12 @@ def score_checkpoints(
     image = visualize.swap_grid_image(video[:4, 0], video[0, :8], grid)
     (out_dir / f"swap_grid_{step:07d}.png").write_bytes(visualize.encode_png(image))
     logging.info(
-      "Step %d: MIG %.4f ± %.4f (oracle %.4f), recon %.5f.",
+      "Step %d: MIG %.4f ± %.4f (oracle %.4f, one object %s), recon %.5f.",
       step,
       row["MIG"],
       row["MIG_ci95"],
       row["oracle_MIG"],
+      "-" if "one_object_MIG" not in row else f"{row['one_object_MIG']:.4f}",
       row["recon_mse"],
     )
     with path.open("a") as f:
@@ -184,13 +185,16 @@ def _scores(workdir: str) -> list[dict[str, Any]]:
 
 
 def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
-  """One figure over runs: MIG with its interval and ceiling, test
-  reconstruction (all channels, then red and green each as a fraction of
+  """One figure over runs: MIG with its interval, ceiling and one-object
+  ceiling, each object's captured shares of its content (z_c) and pose
+  (z_p) factors, test reconstruction (all channels, then red and green each as a fraction of
   the all-black error: near 1, the decoder does not draw that sprite), and
   the training scalars."""
-  figure = matplotlib.figure.Figure(figsize=(15, 3.6), layout="constrained")
+  figure = matplotlib.figure.Figure(figsize=(18, 3.6), layout="constrained")
   backend_agg.FigureCanvasAgg(figure)
-  mig_axis, recon_axis, channel_axis, train_axis, critic_axis = figure.subplots(1, 5)
+  mig_axis, captured_axis, recon_axis, channel_axis, train_axis, critic_axis = (
+    figure.subplots(1, 6)
+  )
   for workdir in workdirs:
     rows = _scores(workdir)
     label = (
@@ -204,6 +208,24 @@ def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
     mig_axis.plot(
       steps, [r["oracle_MIG"] for r in rows], ls="--", color=line.get_color()
     )
+    if "one_object_MIG" in rows[0]:
+      mig_axis.plot(
+        steps, [r["one_object_MIG"] for r in rows], ls=":", color=line.get_color()
+      )
+    for key in rows[0]:
+      if key.startswith(("content_captured[", "pose_captured[")):
+        name = key[key.index("[") + 1 : -1]
+        style = ("-" if key.startswith("content") else "--") + (
+          "o" if name.endswith("0") else "s"
+        )
+        captured_axis.plot(
+          steps,
+          [r[key] for r in rows],
+          style,
+          color=line.get_color(),
+          markersize=3,
+          label=f"{label}: {key.split('_')[0]} {name}",
+        )
     recon_axis.plot(steps, [r["recon_mse"] for r in rows], marker=".", label=label)
     for channel, style in (("r", ":v"), ("g", "-^")):
       if f"recon_mse_{channel}" in rows[0]:
@@ -218,7 +240,8 @@ def plot_learning_curves(workdirs: Sequence[str], out_path: str) -> str:
       if tag in scalars:
         critic_axis.plot(*scalars[tag], label=f"{label}: {tag[6:]}")
   for axis, title in (
-    (mig_axis, "test MIG (dashed: oracle ceiling)"),
+    (mig_axis, "test MIG (dashed: oracle, dotted: one-object oracle)"),
+    (captured_axis, "I(f^s; z) / H(f^s) per object"),
     (recon_axis, "test reconstruction MSE"),
     (channel_axis, "test MSE per channel / all-black MSE"),
     (train_axis, "train reconstruction loss"),

@@ -217,3 +217,41 @@ def mean_and_ci95(
   if np.ndim(mean) == 0:
     return float(mean), float(half_width)
   return mean, half_width
+
+
+def ratio_and_ci95(
+  numerators: Any, denominators: Any, axis: int = 0
+) -> tuple[np.ndarray | float, np.ndarray | float]:
+  """Ratio of sums over `axis` and its 95 % half-width (delta method).
+
+  R = sum(a) / sum(b); its standard error is s / (sqrt(n) mean(b)), s the
+  sample standard deviation (ddof 1) of the residuals a_i - R b_i, and the
+  half-width t_{0.975, n-1} times that (NaN with a single pair).
+
+  Args:
+    numerators, denominators: arrays of the same shape, e.g. per-sequence
+      errors [num_sequences, num_frames] and their all-black errors.
+    axis: the axis of independent samples.
+
+  Returns:
+    (ratio, half_width), each with `axis` removed (floats for 1-D input).
+  """
+  a = np.asarray(numerators, dtype=np.float64)
+  b = np.asarray(denominators, dtype=np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"numerators {a.shape} and denominators {b.shape} differ.")
+  num_samples = a.shape[axis]
+  if num_samples == 0:
+    raise ValueError("ratio_and_ci95 needs at least one pair along axis.")
+  ratio = np.sum(a, axis=axis) / np.sum(b, axis=axis)
+  if num_samples == 1:
+    half_width = np.full_like(ratio, np.nan)
+  else:
+    residuals = a - np.expand_dims(ratio, axis) * b
+    std_error = np.std(residuals, axis=axis, ddof=1) / (
+      np.sqrt(num_samples) * np.mean(b, axis=axis)
+    )
+    half_width = scipy.stats.t.ppf(0.975, df=num_samples - 1) * std_error
+  if np.ndim(ratio) == 0:
+    return float(ratio), float(half_width)
+  return ratio, half_width

@@ -77,3 +77,41 @@ def make_predict_fn(predictor: Predictor, mesh: jax.sharding.Mesh, horizon: int)
     in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
     out_shardings=sharding.batch_sharding(mesh),
   )
+
+
+def reconstruct(
+  networks: Networks, main: Params, context_frames: jnp.ndarray, frames: jnp.ndarray
+) -> jnp.ndarray:
+  """D(z_c^C, E_p(x^t)) for frames [B, T, H, W, C]: the future decoded with
+  its true poses and the last context frame's content, in [0, 1] (what the
+  decoder draws when the pose LSTM is perfect)."""
+  batch_size, horizon = frames.shape[:2]
+  content, skips = autoencoder.encode_content(
+    networks, main["params"], main["batch_stats"], context_frames[:, -1]
+  )
+  poses = autoencoder.encode_pose(
+    networks,
+    main["params"],
+    main["batch_stats"],
+    frames.reshape(batch_size * horizon, *frames.shape[2:]),
+  )
+  repeat = functools.partial(jnp.repeat, repeats=horizon, axis=0)
+  decoded = autoencoder.decode(
+    networks,
+    main["params"],
+    main["batch_stats"],
+    repeat(content),
+    poses,
+    jax.tree.map(repeat, skips),
+  )
+  return decoded.reshape(batch_size, horizon, *decoded.shape[1:])
+
+
+def make_reconstruct_fn(networks: Networks, mesh: jax.sharding.Mesh):
+  """`reconstruct` jitted, sharded over the batch: (main, context, future)."""
+  batch = sharding.batch_sharding(mesh)
+  return jax.jit(
+    functools.partial(reconstruct, networks),
+    in_shardings=(sharding.replicated(mesh), batch, batch),
+    out_shardings=batch,
+  )

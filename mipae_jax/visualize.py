@@ -202,4 +202,47 @@ def plot_curves(
       figure.savefig(buffer, format="png", dpi=100)
       path.write_bytes(buffer.getvalue())
       paths.append(str(path))
+    if any(r["frame_metrics"].get("objects") for r in runs):
+      path = out_dir / f"curves_object_error_{dataset}_{builder_config}.png"
+      path.write_bytes(_object_error_png(runs, f"{dataset}/{builder_config}"))
+      paths.append(str(path))
   return paths
+
+
+def _object_error_png(runs: Sequence[dict[str, Any]], title: str) -> bytes:
+  """One curve per run and object: its channel's error over the all-black
+  error, for the predictions (solid) and the true-pose reconstructions
+  (dashed), with 95 % bands; 1 means the object is not drawn."""
+  figure = matplotlib.figure.Figure(figsize=(6.5, 4.2), layout="constrained")
+  backend_agg.FigureCanvasAgg(figure)
+  axis = figure.add_subplot()
+  for run_metrics in runs:
+    curves = run_metrics["frame_metrics"]
+    frames = np.asarray(curves["frames"])
+    for name in curves.get("objects", []):
+      colour = None
+      for prefix, style in (("", "-"), ("recon_", "--")):
+        curve = curves["curves"][f"{prefix}object_error_{name}"]
+        mean, half_width = _finite(curve["mean"]), _finite(curve["ci95"])
+        kind = "predicted" if not prefix else "true poses"
+        (line,) = axis.plot(
+          frames,
+          mean,
+          style,
+          marker=".",
+          color=colour,
+          label=f"{run_label(run_metrics)} {name}, {kind}",
+        )
+        colour = line.get_color()
+        axis.fill_between(
+          frames, mean - half_width, mean + half_width, color=colour, alpha=0.15, lw=0
+        )
+  axis.axhline(1.0, color="grey", lw=0.8, ls=":")
+  axis.set_title(f"{title}: per-object error / all-black error (lower is better)")
+  axis.set_xlabel("predicted frame (after the context frames)")
+  axis.set_ylabel("channel MSE / all-black MSE (1: not drawn)")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize="x-small")
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  return buffer.getvalue()

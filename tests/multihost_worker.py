@@ -72,7 +72,7 @@ def main(out_dir: str, conv_impl: str = "auto") -> None:
       lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local
     )
     state, metrics = step_fn(state, batch, jax.random.PRNGKey(step))
-  info = types.SimpleNamespace(height=64, width=64, channels=3)
+  info = types.SimpleNamespace(height=64, width=64, channels=3, version="")
   checkpoints = checkpointing.Checkpointer(str(out / "workdir"), cfg, info)
   checkpoints.save(NUM_STEPS, state)
   checkpoints.close()

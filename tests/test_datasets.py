@@ -4,7 +4,6 @@ import pathlib
 
 import numpy as np
 import pytest
-import scipy.ndimage
 import tensorflow_datasets as tfds
 from conftest import write_tiny_mnist
 
@@ -18,7 +17,9 @@ from mipae_jax.datasets import (
 )
 from mipae_jax.datasets import dsprites_shapes as shapes
 
-SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist"
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared/data"
+SHARED_MNIST = SHARED / "mnist"
+
 SEQ_LEN = 12
 
 tfds.disable_progress_bar()
@@ -96,70 +97,49 @@ def test_bounce_rejects_start_outside_bounds():
     motion.bounce(np.array([32]), np.array([1]), 3, 31)
 
 
+def _assert_reflected_before_drawing(positions, velocities, max_position):
+  """The authors' rule: the next drawn position is the moved one clamped to
+  [0, max_position], and the velocity flips where the move left [0, max)."""
+  positions = positions.reshape(len(positions), -1)
+  velocities = velocities.reshape(len(velocities), -1)
+  assert (positions >= 0).all() and (positions <= max_position).all()
+  assert (np.abs(velocities) == np.abs(velocities[:1])).all()
+  moved = positions[:-1] + velocities[:-1]
+  np.testing.assert_array_equal(positions[1:], np.clip(moved, 0, max_position))
+  reflected = (moved < 0) | (moved >= max_position)
+  np.testing.assert_array_equal(
+    velocities[1:], np.where(reflected, -velocities[:-1], velocities[:-1])
+  )
+
+
+def test_reflect_before_drawing_follows_the_authors_hand_worked_trajectory():
+  # x from 28 at +2: 28, 30, 32 -> 31 (turns), 29, 27. y from 1 at -2: 1,
+  # -1 -> 0 (turns), 2, 4, 6. A start at 31 turns before its first frame.
+  start, velocity = np.array([[28, 1], [31, 0]]), np.array([[2, -2], [1, 0]])
+  positions, velocities = motion.reflect_before_drawing(start, velocity, 5, 31)
+  np.testing.assert_array_equal(positions[:, 0, 0], [28, 30, 31, 29, 27])
+  np.testing.assert_array_equal(velocities[:, 0, 0], [2, 2, -2, -2, -2])
+  np.testing.assert_array_equal(positions[:, 0, 1], [1, 0, 2, 4, 6])
+  np.testing.assert_array_equal(velocities[:, 0, 1], [-2, 2, 2, 2, 2])
+  np.testing.assert_array_equal(positions[:, 1, 0], [31, 30, 29, 28, 27])
+  np.testing.assert_array_equal(velocities[:, 1, 0], [-1, -1, -1, -1, -1])
+  np.testing.assert_array_equal(positions[:, 1, 1], [0, 0, 0, 0, 0])
+  # A sprite at 0 moving away rests there one more frame: 0 at -1 -> -1 -> 0.
+  positions, _ = motion.reflect_before_drawing(np.array([0]), np.array([-1]), 4, 31)
+  np.testing.assert_array_equal(positions[:, 0], [0, 0, 1, 2])
+  rng = np.random.default_rng(0)
+  start = rng.integers(0, 32, (300, 2))
+  velocity = motion.sample_velocities(rng, (300, 2), -2, 2)
+  _assert_reflected_before_drawing(
+    *motion.reflect_before_drawing(start, velocity, 40, 31), 31
+  )
+  with pytest.raises(ValueError, match="start positions"):
+    motion.reflect_before_drawing(np.array([32]), np.array([1]), 3, 31)
+
+
 def test_rotate_wraps_orientation_mod_period():
   orientations = motion.rotate(np.array([38, 1]), np.array([2, -2]), 4, 40)
   np.testing.assert_array_equal(orientations, [[38, 1], [0, 39], [2, 37], [4, 35]])
-
-
-# Embedded dSprites renderer.
-
-
-def test_sprite_areas_scale_with_square_of_scale():
-  areas = shapes.sprite_patches().sum(axis=(-1, -2)).mean(axis=(2, 3, 4))
-  ratios = areas / areas[:, -1:]
-  expected = (shapes.SCALES / shapes.SCALES[-1]) ** 2
-  np.testing.assert_allclose(ratios, np.broadcast_to(expected, ratios.shape), rtol=0.05)
-  assert (np.diff(areas, axis=1) > 0).all()
-
-
-def _turn_back(patch, angle):
-  """Turns a phase-(0, 0) patch clockwise by `angle` about its sprite centre."""
-  centre = np.full(2, 10.25)  # Patch pixel 10 holds the centre 0.25 px in.
-  rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-  turned = scipy.ndimage.affine_transform(
-    patch.astype(float), rotation, offset=centre - rotation @ centre, order=1
-  )
-  return turned > 0.5
-
-
-def _iou(a, b):
-  return (a & b).sum() / (a | b).sum()
-
-
-def test_sprites_are_rotated_copies_across_orientations():
-  patches = shapes.sprite_patches()[:, -1, :, 0, 0]
-  for shape in range(shapes.NUM_SHAPES):
-    upright = patches[shape, 0]
-    ious = []
-    for orientation in range(1, shapes.NUM_ORIENTATIONS):
-      angle = shapes.ORIENTATIONS[orientation]
-      ious.append(_iou(_turn_back(patches[shape, orientation], angle), upright))
-      if shape == 2 and orientation != 20:  # The heart has no symmetry.
-        wrong_way = _turn_back(patches[shape, orientation], -angle)
-        assert _iou(wrong_way, upright) < ious[-1] - 0.03
-    assert min(ious) > 0.75 and np.mean(ious) > 0.9, (shape, ious)
-  assert not np.array_equal(patches[2, 10], patches[2, 0])
-
-
-def test_sprites_stay_whole_on_canvas_at_extreme_positions():
-  patches = shapes.sprite_patches()
-  for x, y in ((0, 0), (31, 31), (0, 31), (31, 0)):
-    for shape in range(shapes.NUM_SHAPES):
-      for orientation in (0, 5, 13):
-        canvas = np.zeros((64, 64), np.uint8)
-        shapes.draw_sprite(canvas, shape, 5, orientation, x, y)
-        drawn = np.count_nonzero(canvas)
-        assert drawn == patches[shape, 5, orientation, y % 2, x % 2].sum() > 0
-
-
-def test_sprite_centroid_is_at_the_position_centre():
-  centres = shapes.position_centres()
-  for x, y in ((0, 0), (7, 20), (31, 12)):
-    canvas = np.zeros((64, 64), np.uint8)
-    shapes.draw_sprite(canvas, 1, 3, 9, x, y)  # An ellipse: centroid = centre.
-    rows, cols = np.nonzero(canvas)
-    assert abs(cols.mean() + 0.5 - centres[x]) < 0.3
-    assert abs(rows.mean() + 0.5 - centres[y]) < 0.3
 
 
 # Moving MNIST.
@@ -286,7 +266,7 @@ def test_moving_dsprites_shapes_factors_physics_and_rerender(
       order = orders[factors[-1]]
       pose = pose_factors.reshape(SEQ_LEN, num_sprites, 5 - per_sprite)
       assert {tuple(c) for c in content.tolist()} <= allowed
-      _assert_bouncing(
+      _assert_reflected_before_drawing(
         pose[..., :2], example["velocities"], moving_dsprites.MAX_POSITION
       )
       assert np.abs(example["velocities"]).max() <= 2
@@ -335,10 +315,11 @@ def test_moving_dsprites_draws_every_depth_order():
 
 
 def _overlapping_factors(num_sprites, depth_order):
-  """Square, ellipse, heart at scale 5, all centred on grid position (15, 16)."""
+  """Square, ellipse, heart at scale 5, centred at grid positions (15, 16),
+  (19, 14), (23, 12): each overlaps the next, none covers another."""
   content = [[shape, 5, 3] for shape in range(num_sprites)]
   content = np.array([sum(content, []) + [depth_order]])
-  pose = np.array([[15, 16] * num_sprites])
+  pose = np.array([sum(([15 + 4 * s, 16 - 2 * s] for s in range(num_sprites)), [])])
   return content, pose
 
 
@@ -411,10 +392,26 @@ def test_moving_dsprites_train_and_test_contents_are_disjoint(rotating):
   # Every value of every content factor is still seen in training.
   for axis, size in enumerate((3, 6) if rotating else (3, 6, 40)):
     assert set(contents["train"][:, axis]) == set(range(size))
+  # The split is the authors', whatever the seed.
   other_seed = moving_dsprites.split_contents(
     moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating, seed=1)
   )
-  assert not np.array_equal(other_seed["test"], contents["test"])
+  np.testing.assert_array_equal(other_seed["test"], contents["test"])
+
+
+@pytest.mark.skipif(
+  not (SHARED / "authors_splits").exists(), reason="no shared authors' split files"
+)
+@pytest.mark.parametrize("rotating", [False, True])
+def test_moving_dsprites_split_equals_the_authors_split_files(rotating):
+  contents = moving_dsprites.split_contents(
+    moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating)
+  )
+  prefix = "dsprites_no_rot" if rotating else "dsprites"
+  for split in ("train", "test"):
+    authors = np.load(SHARED / "authors_splits" / f"{prefix}_{split}_split.npy")
+    # Their files list the rows in their own order; ours are sorted.
+    np.testing.assert_array_equal(contents[split], authors[np.lexsort(authors.T[::-1])])
 
 
 def test_moving_dsprites_same_seed_gives_identical_bytes(tmp_path):
@@ -586,10 +583,6 @@ def test_builders_are_registered_with_their_configs():
       lambda: moving_dsprites.MovingDspritesConfig(name="x", source="web"),
       "source='web'",
     ),
-    (
-      lambda: moving_dsprites.MovingDspritesConfig(name="x", num_test_contents=720),
-      "num_test_contents=720",
-    ),
   ],
 )
 def test_impossible_configs_are_one_line_value_errors(make_config, message):
@@ -708,7 +701,9 @@ class _IndexBitImages:
     return images
 
 
-def test_official_frames_follow_the_dsprites_image_order():
+def test_official_frames_are_read_at_the_authors_index():
+  # The authors' loader: y + 32 x + 32*32 orientation + 32*32*40 scale +
+  # 32*32*40*6 shape, the order of dSprites' images.
   content = np.array([[2, 5], [1, 0]])
   orientations = np.array([[39, 0], [7, 3]])
   xs = np.array([[31, 4], [0, 9]])
@@ -722,8 +717,12 @@ def test_official_frames_follow_the_dsprites_image_order():
     for s in range(2):
       shape, scale = content[s]
       expected = (
-        ((shape * 6 + scale) * 40 + orientations[t, s]) * 32 + xs[t, s]
-      ) * 32 + ys[t, s]
+        ys[t, s]
+        + 32 * xs[t, s]
+        + 32 * 32 * orientations[t, s]
+        + 32 * 32 * 40 * scale
+        + 32 * 32 * 40 * 6 * shape
+      )
       assert decoded[t, s] == expected
 
 

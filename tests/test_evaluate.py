@@ -19,6 +19,7 @@ from mipae_jax import (
   eval_outputs,
   evaluate,
   input_pipeline,
+  reproduce,
   restore,
   train_lstm,
   visualize,
@@ -54,23 +55,35 @@ def test_metrics_json_has_every_section_with_finite_numbers(evaluated):
   assert (result["method"], result["dataset"], result["builder_config"]) == (
     "mipae",
     "moving_dsprites",
-    "fixed_small",
+    "rotating_small",
   )
   assert (result["main_step"], result["lstm_step"]) == (4, 2)
   assert result["run"] == workdir.name
   frame_metrics = result["frame_metrics"]
   assert frame_metrics["num_sequences"] == 8
   assert frame_metrics["frames"] == [1, 2, 3]
-  assert set(frame_metrics["curves"]) == {"psnr", "ssim", "lpips_alex"}
+  assert frame_metrics["objects"] == ["sprite0", "sprite1"]
+  assert set(frame_metrics["curves"]) == {
+    "psnr",
+    "ssim",
+    "lpips_alex",
+    *(
+      f"{kind}object_error_{s}"
+      for kind in ("", "recon_")
+      for s in frame_metrics["objects"]
+    ),
+  }
   for name, curve in frame_metrics["curves"].items():
     assert len(curve["mean"]) == len(curve["ci95"]) == NUM_FUTURE, name
     assert _all_finite(curve["mean"] + curve["ci95"]), (name, curve)
     assert _all_finite([curve["horizon_mean"], curve["horizon_ci95"]]), name
-    assert np.isclose(curve["horizon_mean"], np.mean(curve["mean"]))
+    if "object_error" not in name:  # ratios of sums, not means
+      assert np.isclose(curve["horizon_mean"], np.mean(curve["mean"]))
   assert all(-1 <= v <= 1 for v in frame_metrics["curves"]["ssim"]["mean"])
   assert all(v > 0 for v in frame_metrics["curves"]["lpips_alex"]["mean"])
   mig = result["mig"]
-  assert _all_finite([mig[term] for term in eval_outputs.MIG_TAGS])
+  assert _all_finite([mig[term] for term in eval_outputs.mig_tags(mig)])
+  assert mig["objects"] == ["sprite0", "sprite1"] and mig["one_object_MIG"] < 0.6
   assert mig["H(f_c)"] > 0 and mig["H(f_p)"] > 0
   assert (mig["partial"], mig["num_frames"]) == (False, 200)
   assert mig["content_factor_names"][0] == "sprite0_shape"
@@ -187,6 +200,40 @@ def test_frame_scores_compare_each_prediction_with_its_own_frame(caplog):
   assert result.videos.shape[0] == 3 and result.predicted.shape[:2] == (3, num_future)
   summary = evaluate.summarize_scores(result.scores)
   np.testing.assert_allclose(summary["psnr"]["ci95"], 0.0, atol=1e-6)
+
+
+def test_object_errors_are_one_for_a_blank_prediction_and_zero_for_the_target():
+  rng = np.random.default_rng(0)
+  truth = np.zeros((5, 3, 8, 8, 3), np.float32)
+  truth[..., 0] = rng.random((5, 3, 8, 8)) > 0.7  # sprite0 in red
+  truth[..., 1] = rng.random((5, 3, 8, 8)) > 0.8  # sprite1 in green
+  objects = ("sprite0", "sprite1")
+  half = truth.copy()
+  half[..., 1] = 0.0  # draws sprite0 exactly, not sprite1
+  errors = {}
+  for prefix, frames in (("", np.zeros_like(truth)), ("recon_", half)):
+    for name, value in evaluate.channel_errors(
+      jnp.asarray(frames), jnp.asarray(truth), objects
+    ).items():
+      errors[prefix + name if name.startswith("mse_") else name] = np.asarray(value)
+  assert errors["mse_sprite0"].shape == (5, 3)
+  curves = evaluate.object_error_curves(errors, objects)
+  for name in objects:  # the blank prediction: 1 in every frame
+    np.testing.assert_allclose(curves[f"object_error_{name}"]["mean"], 1.0)
+    np.testing.assert_allclose(curves[f"object_error_{name}"]["ci95"], 0.0, atol=1e-12)
+  np.testing.assert_allclose(curves["recon_object_error_sprite0"]["mean"], 0.0)
+  np.testing.assert_allclose(curves["recon_object_error_sprite1"]["mean"], 1.0)
+  assert curves["recon_object_error_sprite0"]["horizon_mean"] == 0.0
+
+
+def test_grey_mnist_has_no_channel_per_digit(tmp_path):
+  config = tiny_config(tmp_path)
+  assert evaluate.object_channels(config) == (("sprite0", "sprite1"), "")
+  config = reproduce.build_config(
+    "moving_mnist", "mipae", "tiny", data_dir=str(tmp_path)
+  )
+  objects, reason = evaluate.object_channels(config)
+  assert objects == () and "grey Moving MNIST" in reason
 
 
 @pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
@@ -308,7 +355,7 @@ def test_incompatible_checkpoint_is_a_checkpoint_error(evaluated, dsprites_data_
 @pytest.mark.parametrize(
   "overrides, message",
   [
-    ({"eval.num_future": 40}, "test videos of moving_dsprites/fixed_small have 35"),
+    ({"eval.num_future": 40}, "test videos of moving_dsprites/rotating_small have 35"),
     ({"eval.num_sequences": 65}, "exceeds the 64 test videos"),
     ({"eval.lpips_nets": ("squeeze",)}, "lpips_nets has \\['squeeze'\\]"),
     ({"eval.num_future": 0}, "eval.num_future=0"),
@@ -328,7 +375,7 @@ def test_bad_eval_config_fails_before_restoring(
 @pytest.mark.parametrize(
   "info_changes, message",
   [
-    ({"num_test": 0}, "test split of moving_dsprites/fixed_small is empty"),
+    ({"num_test": 0}, "test split of moving_dsprites/rotating_small is empty"),
     (
       {"content_factor_names": ()},
       "no known content and pose factors.*num_mig_frames=0",

@@ -251,12 +251,40 @@ def test_unknown_or_unbuilt_datasets_say_how_to_fix_them(tmp_path):
   ):
     input_pipeline.get_builder(_dataset_config(tmp_path, "spinning"))
   unbuilt = _dataset_config(tmp_path, "rotating_small", prepare=False)
-  with pytest.raises(FileNotFoundError, match="rotating_small is not built") as error:
+  with pytest.raises(
+    FileNotFoundError, match="rotating_small version 2.0.0 is not built"
+  ) as error:
     input_pipeline.create_train_iterator(
       unbuilt, global_batch_size=8, sharding=_sharding(), seed=0
     )
   assert "config.dataset.prepare=True" in str(error.value)
   assert not (tmp_path / "moving_dsprites").exists()
+
+
+def test_data_of_an_older_builder_version_is_never_read(tmp_path, caplog):
+  config = _dataset_config(
+    tmp_path,
+    moving_dsprites.MovingDspritesConfig(
+      name="versions", seq_len=4, num_train=4, num_test=2
+    ),
+  )
+  builder = input_pipeline.prepare_dataset(config)
+  current = builder.data_path
+  old = current.parent / "1.1.0"
+  current.rename(old)  # What an older release prepared.
+  config.prepare = False
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.prepare_dataset(config)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "version 2.0.0 is not built" in message
+  assert "version 1.1.0 there is superseded and never read" in message
+  config.prepare = True
+  with caplog.at_level("WARNING"):
+    rebuilt = input_pipeline.prepare_dataset(config)
+  assert rebuilt.is_prepared() and str(rebuilt.version) == "2.0.0"
+  assert "building version 2.0.0 (version 1.1.0 there is superseded" in caplog.text
+  assert input_pipeline.dataset_info(config).version == "2.0.0"
 
 
 def test_corrupted_video_records_are_clear_errors(dataset_config):

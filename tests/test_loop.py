@@ -145,6 +145,21 @@ def test_checkpoints_from_before_fresh_videos_count_as_stored_videos(
   assert checkpointing._mismatch(older, fresh) == {"fresh_train_videos": (False, True)}
 
 
+def test_checkpoints_of_another_dataset_version_are_refused(dsprites_data_dir):
+  config = tiny_config(dsprites_data_dir)
+  info = input_pipeline.dataset_info(config.dataset)
+  wanted = checkpointing.experiment_fingerprint(config, info)
+  assert wanted["dataset_version"] == "2.0.0"
+  older = {**wanted, "dataset_version": "1.1.0"}
+  assert checkpointing._mismatch(older, wanted) == {
+    "dataset_version": ("1.1.0", "2.0.0")
+  }
+  unversioned = {k: v for k, v in wanted.items() if k != "dataset_version"}
+  assert checkpointing._mismatch(unversioned, wanted) == {
+    "dataset_version": (None, "2.0.0")
+  }
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir, num_train_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
@@ -192,7 +207,7 @@ def test_wrong_frame_size_for_the_model_is_refused(tmp_path):
 def test_a_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
   """Orbax refuses relative paths at the first save (the long run died so)."""
   monkeypatch.chdir(tmp_path)
-  info = type("Info", (), {"height": 64, "width": 64, "channels": 3})
+  info = type("Info", (), {"height": 64, "width": 64, "channels": 3, "version": ""})
   checkpoints = checkpointing.Checkpointer("runs/x", tiny_config(tmp_path), info)
   assert str(checkpoints.directory) == str(tmp_path / "runs" / "x" / "checkpoints")
   checkpoints.close()

@@ -224,7 +224,7 @@ def test_an_unbuildable_data_dir_fails_before_compiling(tmp_path, no_compile):
   with pytest.raises(PermissionError) as raised:
     train.train_and_evaluate(tiny_config(blocker / "tfds"), str(tmp_path / "run"))
   assert _one_line(raised.value).startswith(
-    f"Cannot build moving_dsprites/fixed_small in {blocker / 'tfds'}"
+    f"Cannot build moving_dsprites/rotating_small in {blocker / 'tfds'}"
   )
   assert not (tmp_path / "run").exists()
 
@@ -301,7 +301,8 @@ def test_unknown_field_without_a_close_name(tmp_path):
 def _tiny_flags(data_dir, workdir, **fields) -> list[str]:
   """The command-line form of tiny_config(data_dir, **fields)."""
   flat = {
-    "dataset.builder_config": "fixed_small",
+    "dataset.builder_config": "rotating_small",
+    "dataset.fresh_train_videos": False,
     "dataset.data_dir": str(data_dir),
     "dataset.num_frames": 6,
     "batch_size": 8,

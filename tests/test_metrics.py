@@ -139,3 +139,17 @@ def test_mean_and_ci95_matches_student_t_interval():
   np.testing.assert_allclose(mean + half_width, high)
   single_mean, single_half_width = metrics.mean_and_ci95([3.0])
   assert single_mean == 3.0 and np.isnan(single_half_width)
+
+
+def test_ratio_and_ci95_is_the_ratio_of_sums_with_a_delta_method_interval():
+  rng = np.random.default_rng(0)
+  denominators = rng.uniform(1.0, 2.0, size=(4000, 2))
+  numerators = 0.3 * denominators + rng.normal(0.0, 0.05, size=(4000, 2))
+  ratio, half_width = metrics.ratio_and_ci95(numerators, denominators)
+  np.testing.assert_allclose(ratio, numerators.sum(0) / denominators.sum(0))
+  np.testing.assert_allclose(ratio, 0.3, atol=3e-3)
+  # The residuals' spread over sqrt(n) mean(b): 0.05 / (sqrt(4000) 1.5).
+  np.testing.assert_allclose(half_width, 1.96 * 0.05 / (63.25 * 1.5), rtol=0.1)
+  assert np.isnan(metrics.ratio_and_ci95([1.0], [2.0])[1])
+  with pytest.raises(ValueError, match="differ"):
+    metrics.ratio_and_ci95(np.ones(3), np.ones(4))

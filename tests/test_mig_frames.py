@@ -12,15 +12,27 @@ from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
 NUM_FRAMES = 2_000
 # A synthetic MPI3D file of the real layout: 72 content combinations (24 of
 # them test-only) x 8 x 8 arm angles, 57 MB. At 1,000 frames the supports
-# are all 24 test contents and all 64 poses (calibrated_supports).
+# are all 24 test contents and all 64 poses (joint_supports).
 MPI3D_SIZES = (2, 3, 2, 2, 3, 8, 8)
 MPI3D_FRAMES = 1_000
 
 
 @pytest.fixture(scope="module")
 def frames_and_factors(tmp_path_factory):
-  dataset = tiny_config(tmp_path_factory.mktemp("unused")).dataset
-  return dataset, mig_frames.mig_frames(dataset, NUM_FRAMES, seed=0)
+  """The joint protocol's frames of the tiny fixed Moving dSprites."""
+  dataset = tiny_config(
+    tmp_path_factory.mktemp("unused"), **{"dataset.builder_config": "fixed_small"}
+  ).dataset
+  return dataset, mig_frames.mig_frames(dataset, NUM_FRAMES, seed=0, protocol="joint")
+
+
+@pytest.fixture(scope="module")
+def per_object_frames(tmp_path_factory):
+  """The per-object protocol's frame sets of the tiny fixed Moving dSprites."""
+  dataset = tiny_config(
+    tmp_path_factory.mktemp("unused"), **{"dataset.builder_config": "fixed_small"}
+  ).dataset
+  return dataset, mig_frames.mig_frame_sets(dataset, NUM_FRAMES, seeds=[0])
 
 
 def _mpi3d_config(data_dir, manual_dir, **overrides):
@@ -104,6 +116,81 @@ def test_oracle_and_swapped_codes_reach_the_calibration_thresholds(frames_and_fa
   assert abs(noise["MIG"]) < 0.05
 
 
+def _one_object_codes(content, pose, objects, obj=0, seed=0):
+  """A perfect encoder of object `obj` alone: its content in z_c, its pose in z_p."""
+  return mig_frames.oracle_codes(
+    content[:, list(objects.content_columns[obj])],
+    pose[:, list(objects.pose_columns[obj])],
+    128,
+    5,
+    seed=seed,
+  )
+
+
+def test_per_object_supports_cross_the_objects_independently(per_object_frames):
+  """Each sprite has its own content and pose support; the joint labels are
+  their products (and the depth order), and the sprites' labels are as
+  independent as two independent draws of the same sizes."""
+  _, frame_sets = per_object_frames
+  frames, content, pose = frame_sets.sets[0]
+  objects = frame_sets.objects
+  assert objects.names == ("sprite0", "sprite1")
+  assert objects.content_columns == ((0, 1, 2), (3, 4, 5))
+  assert objects.pose_columns == ((0, 1), (2, 3))
+  assert objects.scene_columns == (6,) and objects.num_scene == 2
+  assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
+  num_c, num_p = mig_frames.per_object_supports(NUM_FRAMES, 2, 2, 220, 1024)
+  assert (num_c, num_p) == (7, 9)
+  blocks = {}
+  for s in range(2):
+    blocks[s] = (
+      _labels(content[:, list(objects.content_columns[s])]),
+      _labels(pose[:, list(objects.pose_columns[s])]),
+    )
+    assert len(np.unique(blocks[s][0])) == num_c
+    assert len(np.unique(blocks[s][1])) == num_p
+  assert len(np.unique(content, axis=0)) == num_c**2 * 2
+  assert len(np.unique(pose, axis=0)) == num_p**2
+  rng = np.random.default_rng(1)
+  for index, size in ((0, num_c), (1, num_p)):
+    independent = _plug_in_mi(
+      rng.integers(0, size, NUM_FRAMES), rng.integers(0, size, NUM_FRAMES)
+    )
+    between_sprites = _plug_in_mi(blocks[0][index], blocks[1][index])
+    assert between_sprites <= 1.5 * independent and between_sprites < 0.02
+
+
+def test_per_object_protocol_scores_one_sprite_of_two_below_the_oracle(
+  per_object_frames,
+):
+  """The calibration that matters: an encoder of one sprite of two scores
+  <= 0.6 (about 0.46 here), the whole-scene oracle >= 0.9, swapped <= -0.9,
+  and each object's captured shares say which sprite is encoded."""
+  _, frame_sets = per_object_frames
+  _, content, pose = frame_sets.sets[0]
+  objects = frame_sets.objects
+  z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5)
+  terms = evaluate.mig_with_ceiling(content, pose, z_c, z_p, objects)
+  assert terms["MIG"] >= 0.9 and terms["oracle_MIG"] >= 0.9
+  assert terms["swapped_MIG"] <= -0.9 and terms["one_object_MIG"] <= 0.6
+  for s in ("sprite0", "sprite1"):
+    for group in ("content", "pose"):
+      assert terms[disentanglement.captured_term(group, s)] > 0.95
+  one_c, one_p = _one_object_codes(content, pose, objects, obj=1)
+  one = evaluate.mig_with_ceiling(content, pose, one_c, one_p, objects)
+  assert 0.3 <= one["MIG"] <= 0.6
+  for group in ("content", "pose"):
+    assert one[disentanglement.captured_term(group, "sprite1")] > 0.95
+    assert one[disentanglement.captured_term(group, "sprite0")] < 0.1
+  # The joint protocol cannot tell the two apart: its blind spot.
+  dataset, _ = per_object_frames
+  _, joint_content, joint_pose = mig_frames.mig_frames(
+    dataset, NUM_FRAMES, protocol="joint"
+  )
+  one_c, one_p = _one_object_codes(joint_content, joint_pose, objects)
+  assert disentanglement.mig(joint_content, joint_pose, one_c, one_p)["MIG"] > 0.85
+
+
 def test_reference_protocol_repeats_almost_no_label(frames_and_factors):
   """Why it is not the default: with two sprites, i.i.d. factors make nearly
   every joint label unique at this size."""
@@ -113,34 +200,46 @@ def test_reference_protocol_repeats_almost_no_label(frames_and_factors):
   assert len(np.unique(pose, axis=0)) > 0.95 * 500
 
 
-@pytest.mark.parametrize("dataset", ["moving_dsprites", "moving_mpi3d"])
 @pytest.mark.parametrize(
-  "codes, low, high", [("oracle", 0.9, 1.01), ("swapped", -1.01, -0.9)]
+  "dataset", ["fixed_small", "rotating_small", "moving_mnist", "moving_mpi3d"]
+)
+@pytest.mark.parametrize(
+  "codes, low, high",
+  [("oracle", 0.9, 1.01), ("swapped", -1.01, -0.9), ("one_object", 0.3, 0.6)],
 )
 def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   tmp_path, monkeypatch, mpi3d_manual_dir, dataset, codes, low, high
 ):
-  """evaluate_mig itself, its encoder replaced by a perfect (or swapped) one:
-  at 2 x 1,000 frames it must reach the thresholds, with a tight interval."""
+  """evaluate_mig itself under the default (per-object) protocol, its encoder
+  replaced by a perfect, a swapped, or a one-object one: at 2 x 1,000 frames
+  each reaches its threshold with a tight interval. MPI3D has one object,
+  so its one-object encoder is the whole-scene one."""
   fields = {"eval.num_mig_frames": 2_000, "eval.mig_folds": 2}
   if dataset == "moving_mpi3d":
     config = _mpi3d_config(tmp_path, mpi3d_manual_dir, **fields)
+    if codes == "one_object":
+      low, high = 0.9, 1.01
+  elif dataset == "moving_mnist":
+    config, _ = _tiny_mnist(tmp_path, **fields)
   else:
-    config = tiny_config(tmp_path, **fields)
+    config = tiny_config(tmp_path, **fields, **{"dataset.builder_config": dataset})
+  assert config.eval.mig_protocol == "per_object"
   evaluate.validate_eval(config)
   table = {}
 
   def oracle_encoder(encode_fn, main, frames, batch_size, mesh):
-    content, pose = table[frames.tobytes()[:4096], len(frames)]
+    content, pose, objects = table[frames.tobytes()[:4096], len(frames)]
+    if codes == "one_object" and objects is not None:
+      return _one_object_codes(content, pose, objects, seed=7)
     z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5, seed=7)
-    return (z_c, z_p) if codes == "oracle" else (z_p, z_c)
+    return (z_p, z_c) if codes == "swapped" else (z_c, z_p)
 
   real_frame_sets = mig_frames.mig_frame_sets
 
   def remembering(*args, **kwargs):
     frame_sets = real_frame_sets(*args, **kwargs)
     for frames, content, pose in frame_sets.sets:
-      table[frames.tobytes()[:4096], len(frames)] = (content, pose)
+      table[frames.tobytes()[:4096], len(frames)] = (content, pose, frame_sets.objects)
     return frame_sets
 
   monkeypatch.setattr(evaluate, "encode_frames", oracle_encoder)
@@ -157,22 +256,28 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   result, _ = evaluate.evaluate_mig(config, info, None, None, None)
   assert low <= result["MIG"] <= high
   assert result["partial"] is False  # static frames: the whole content
-  assert result["content_factor_names"][0] == (
-    "sprite0_shape" if dataset == "moving_dsprites" else "object_color"
-  )
+  assert result["content_factor_names"][0] == {
+    "moving_mpi3d": "object_color",
+    "moving_mnist": "digit0_image",
+  }.get(dataset, "sprite0_shape")
   assert result["num_frame_sets"] == 2 and result["num_frames"] == 2_000
   assert result["oracle_MIG"] >= 0.9 and result["swapped_MIG"] <= -0.9
   assert result["MIG_ci95"] < 0.05
+  if dataset == "moving_mpi3d":
+    assert result["objects"] == [] and "one_object_MIG" not in result
+  else:
+    assert len(result["objects"]) == 2
+    assert 0.3 <= result["one_object_MIG"] <= 0.6
 
 
 def test_rotating_dsprites_frames_are_distinct_and_reach_the_ceiling(tmp_path):
-  """Rotating: only 72 test content rows (6 per sprite, 2 depth orders), so
-  the content support is all of them; frames that only the invisible depth
+  """Rotating, joint protocol: only 72 test content rows (6 per sprite, 2
+  depth orders), so the content support is all of them; frames that only the invisible depth
   order tells apart are replaced, so all 2,000 differ."""
   dataset = tiny_config(
     tmp_path, **{"dataset.builder_config": "rotating_small"}
   ).dataset
-  frames, content, pose = mig_frames.mig_frames(dataset, NUM_FRAMES)
+  frames, content, pose = mig_frames.mig_frames(dataset, NUM_FRAMES, protocol="joint")
   assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
   assert (len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))) == (72, 90)
   builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
@@ -206,7 +311,7 @@ def test_mpi3d_frames_are_distinct_test_contents_and_re_render(
 
 def test_mpi3d_labels_repeat_and_content_is_independent_of_pose(mpi3d_frames):
   _, (_, content, pose) = mpi3d_frames
-  supports = mig_frames.calibrated_supports(MPI3D_FRAMES, 24, 64)
+  supports = mig_frames.joint_supports(MPI3D_FRAMES, 24, 64)
   assert supports == (24, 64)
   content_labels, pose_labels = _labels(content), _labels(pose)
   for labels, support in zip((content_labels, pose_labels), supports, strict=True):
@@ -253,11 +358,11 @@ def test_mpi3d_missing_file_or_too_many_frames_are_clear_errors(
 def test_mpi3d_configs_score_calibrated_static_frames():
   for method in reproduce.METHODS:
     config = reproduce.paper_config("moving_mpi3d", method)
-    assert config.eval.mig_protocol == "calibrated"
+    assert config.eval.mig_protocol == "per_object"
     evaluate.validate_eval(config)
 
 
-def _tiny_mnist(tmp_path):
+def _tiny_mnist(tmp_path, **overrides):
   """The tiny Moving MNIST config on 10 test digits, and their idx dir."""
   manual_dir = write_tiny_mnist(tmp_path / "mnist")
   config = reproduce.build_config(
@@ -265,7 +370,7 @@ def _tiny_mnist(tmp_path):
     "mipae",
     "tiny",
     data_dir=str(tmp_path / "tfds"),
-    overrides={"dataset.manual_dir": str(manual_dir)},
+    overrides={"dataset.manual_dir": str(manual_dir), **overrides},
   )
   return config, manual_dir
 
@@ -275,7 +380,9 @@ def test_mnist_frames_are_distinct_test_digits_and_reach_the_ceiling(tmp_path):
   (10 tiny test digits: 100 ordered pairs, so the support is 90 of them);
   frames that only the order of two grey digits tells apart are replaced."""
   config, manual_dir = _tiny_mnist(tmp_path)
-  frames, content, pose = mig_frames.mig_frames(config.dataset, NUM_FRAMES)
+  frames, content, pose = mig_frames.mig_frames(
+    config.dataset, NUM_FRAMES, protocol="joint"
+  )
   assert frames.shape == (NUM_FRAMES, 64, 64, 1) and frames.dtype == np.uint8
   assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
   assert content.min() >= 0 and content.max() < 10

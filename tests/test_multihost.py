@@ -91,7 +91,7 @@ def test_two_processes_equal_one_and_only_process_zero_logs(tmp_path, conv_impl)
 
   # The checkpoint both processes wrote restores in this single process.
   cfg = multihost_worker.config(conv_impl)
-  info = types.SimpleNamespace(height=64, width=64, channels=3)
+  info = types.SimpleNamespace(height=64, width=64, channels=3, version="")
   checkpoints = checkpointing.Checkpointer(str(two / "workdir"), cfg, info)
   networks = build_networks(cfg, 3)
 

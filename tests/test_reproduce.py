@@ -296,7 +296,7 @@ def test_smoke_and_tiny_are_different_variants():
   tiny = mipae_dsprites.get_config("tiny")
   changed = config_fields.changed_fields(tiny, smoke)
   assert {"dataset.num_frames", "num_train_steps", "lstm.num_context"} <= set(changed)
-  assert smoke.dataset.builder_config == tiny.dataset.builder_config == "fixed_small"
+  assert smoke.dataset.builder_config == tiny.dataset.builder_config == "rotating_small"
 
 
 def test_unknown_variant_names_the_valid_ones(monkeypatch):

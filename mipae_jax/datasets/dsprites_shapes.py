@@ -2,16 +2,25 @@
 
 It follows the factor grid of dSprites (Matthey et al., 2017): 3 shapes
 (square, ellipse, heart), 6 scales linearly spaced in [0.5, 1], 40 orientations
-2*pi*k/40 and 32 positions per axis, drawn as binary sprites on a 64x64 canvas.
-Geometry (our choice; the official images may differ by a pixel or two):
-position index i puts the sprite centre at 8.75 + 1.5 * i pixels from the
-top / left edge (pixel k spans [k, k + 1)), and a sprite at scale 1 fits in a
-circle of radius 8.5 pixels, so every sprite stays whole on the canvas. A
-pixel is on when its centre lies inside the shape rotated counter-clockwise by
-the orientation about the sprite centre.
-"""
+2*pi*k/40 and 32 positions per axis, drawn as binary sprites on a 64x64 canvas,
+with the official geometry (docs/datasets.md, "Sprite geometry"):
 
-import functools
+- position index i puts the sprite centre 16 + 32 i / 31 pixels from the top /
+  left edge (pixel k spans [k, k + 1)), so centres run from 16 to 48;
+- at scale 1 the square has a half-side of 9.55 px, the ellipse semi-axes of
+  12.8 px (horizontal) and 7.2 px (vertical), and the heart
+  (x^2 + y^2 - 1)^3 <= x^2 y^3 is stretched by 8.4 px horizontally and 7.2 px
+  vertically, its lobes up; every length scales linearly with the scale;
+- orientation k turns the shape counter-clockwise on screen by 2 pi k / 40
+  about the sprite centre;
+- a pixel is lit when its centre lies inside the turned shape.
+
+These constants were fitted to the official images (every distinct frame of
+dSprites' published animation: the square matches exactly, the median IoU is
+in docs/datasets.md), and the videos they make match the authors' released
+Moving dSprites test videos in lit area, sprite size, centre range, motion and
+overlap (benchmarks/dsprites_geometry.py, tests/test_datasets.py).
+"""
 
 import numpy as np
 
@@ -24,20 +33,17 @@ CANVAS_SIZE = 64
 SCALES = np.linspace(0.5, 1.0, NUM_SCALES)
 ORIENTATIONS = 2 * np.pi * np.arange(NUM_ORIENTATIONS) / NUM_ORIENTATIONS
 
-POSITION_ORIGIN = 8.75
-POSITION_STEP = 1.5
-# Half-side of the square patches a sprite is drawn in: offsets from the
-# centre span [-10.25, 10.25], more than the 8.5 pixel radius of any sprite.
-_PATCH_HALF = 10
-PATCH_SIZE = 2 * _PATCH_HALF + 1
+POSITION_ORIGIN = 16.0
+POSITION_STEP = 32.0 / 31.0
 
 # Shape sizes at scale 1, in pixels.
-_SQUARE_HALF_SIDE = 6.0
-_ELLIPSE_SEMI_AXES = (8.0, 4.0)
-# The heart (x^2 + y^2 - 1)^3 <= x^2 y^3 spans y in [-0.99, 1.24] and fits in a
-# circle of radius 1.334 about (0, 0.121); scaled to a radius of 8.5 pixels.
-_HEART_CENTRE_Y = 0.121
-_HEART_UNIT = 8.5 / 1.334
+SQUARE_HALF_SIDE = 9.55
+ELLIPSE_SEMI_AXES = (12.8, 7.2)
+HEART_UNITS = (8.4, 7.2)
+# Every sprite lies within this many pixels of its centre (the square's
+# half-diagonal, 13.5, is the largest); sprites are drawn in windows of
+# 2 * _WINDOW_HALF pixels about the pixel that holds the centre.
+_WINDOW_HALF = 15
 
 
 def position_centres() -> np.ndarray:
@@ -45,67 +51,76 @@ def position_centres() -> np.ndarray:
   return POSITION_ORIGIN + POSITION_STEP * np.arange(NUM_POSITIONS)
 
 
-def _inside_shape(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Whether points (u right, v down, pixels at scale 1) lie in the unrotated shape."""
-  if shape == 0:
-    return np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF_SIDE
-  if shape == 1:
-    semi_u, semi_v = _ELLIPSE_SEMI_AXES
-    return (u / semi_u) ** 2 + (v / semi_v) ** 2 <= 1.0
-  x = u / _HEART_UNIT
-  y = _HEART_CENTRE_Y - v / _HEART_UNIT  # Heart coordinates point up.
+def inside_shape(shape, u, v, xp=np):
+  """Whether points (u right, v down, pixels at scale 1) lie in the unturned shape.
+
+  `shape` is an int (array) broadcastable to u and v; `xp` is numpy or
+  jax.numpy, so a device renderer can evaluate the same formulas.
+  """
+  if isinstance(shape, (int, np.integer)):
+    return _SHAPES[shape](u, v, xp)
+  return xp.where(
+    shape == 0,
+    _square(u, v, xp),
+    xp.where(shape == 1, _ellipse(u, v, xp), _heart(u, v, xp)),
+  )
+
+
+def _square(u, v, xp):
+  return xp.maximum(xp.abs(u), xp.abs(v)) <= SQUARE_HALF_SIDE
+
+
+def _ellipse(u, v, xp):
+  return (u / ELLIPSE_SEMI_AXES[0]) ** 2 + (v / ELLIPSE_SEMI_AXES[1]) ** 2 <= 1.0
+
+
+def _heart(u, v, xp):
+  x = u / HEART_UNITS[0]
+  y = -v / HEART_UNITS[1]  # Heart coordinates point up.
   return (x**2 + y**2 - 1.0) ** 3 - x**2 * y**3 <= 0.0
 
 
-@functools.cache
-def sprite_patches() -> np.ndarray:
-  """Returns every sprite as bool [shape, scale, orientation, phase_y, phase_x, P, P].
-
-  Position index i lands the sprite centre at a fractional pixel offset that
-  depends only on i % 2 (its phase); patch pixel j sits j - 10 pixels from the
-  pixel that contains the centre.
-  """
-  patches = np.zeros(
-    (NUM_SHAPES, NUM_SCALES, NUM_ORIENTATIONS, 2, 2, PATCH_SIZE, PATCH_SIZE), bool
-  )
-  fractions = np.mod(position_centres()[:2], 1.0)
-  grid = np.arange(PATCH_SIZE) - _PATCH_HALF + 0.5
-  for phase_y, fraction_y in enumerate(fractions):
-    for phase_x, fraction_x in enumerate(fractions):
-      dy, dx = np.meshgrid(grid - fraction_y, grid - fraction_x, indexing="ij")
-      for orientation, angle in enumerate(ORIENTATIONS):
-        # Undo a counter-clockwise turn on screen (y points down).
-        cos, sin = np.cos(angle), np.sin(angle)
-        u = cos * dx - sin * dy
-        v = sin * dx + cos * dy
-        for scale_index, scale in enumerate(SCALES):
-          for shape in range(NUM_SHAPES):
-            patches[shape, scale_index, orientation, phase_y, phase_x] = _inside_shape(
-              shape, u / scale, v / scale
-            )
-  return patches
+_SHAPES = (_square, _ellipse, _heart)
 
 
-def draw_sprite(
-  canvas: np.ndarray, shape: int, scale: int, orientation: int, x: int, y: int
-) -> None:
-  """Sets the pixels of one sprite to 255 in a uint8 [64, 64] canvas, in place.
+def sprite_masks(
+  shape: np.ndarray,
+  scale: np.ndarray,
+  orientation: np.ndarray,
+  x: np.ndarray,
+  y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Draws N sprites in windows about their centres.
 
   Args:
-    canvas: uint8 [64, 64] image (or one channel of one).
-    shape, scale, orientation: factor indices (see module docstring).
-    x, y: position indices in [0, 32) of the sprite centre (column, row).
+    shape, scale, orientation, x, y: int [N] factor indices.
+
+  Returns:
+    (masks bool [N, W, W], tops int [N], lefts int [N]): window pixel (i, j)
+    of sprite n is canvas pixel (tops[n] + i, lefts[n] + j). Windows may
+    reach past the canvas; no lit pixel does.
   """
-  patch = sprite_patches()[shape, scale, orientation, y % 2, x % 2]
-  centres = np.floor(position_centres()).astype(int)
-  top = centres[y] - _PATCH_HALF
-  left = centres[x] - _PATCH_HALF
-  rows = slice(max(top, 0), min(top + PATCH_SIZE, CANVAS_SIZE))
-  cols = slice(max(left, 0), min(left + PATCH_SIZE, CANVAS_SIZE))
-  visible = patch[
-    rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
-  ]
-  canvas[rows, cols][visible] = 255
+  shape, scale, orientation, x, y = (
+    np.asarray(a).reshape(-1, 1, 1) for a in (shape, scale, orientation, x, y)
+  )
+  centres = position_centres()
+  centre_y, centre_x = centres[y], centres[x]
+  tops = np.floor(centre_y).astype(int) - _WINDOW_HALF
+  lefts = np.floor(centre_x).astype(int) - _WINDOW_HALF
+  pixels = np.arange(2 * _WINDOW_HALF) + 0.5
+  dy = tops + pixels[:, None] - centre_y
+  dx = lefts + pixels[None, :] - centre_x
+  # Undo a counter-clockwise turn on screen (y points down), then the scale.
+  angle = ORIENTATIONS[orientation]
+  size = SCALES[scale]
+  cos, sin = np.cos(angle) / size, np.sin(angle) / size
+  u = cos * dx - sin * dy
+  v = sin * dx + cos * dy
+  masks = np.empty(u.shape, bool)
+  for value in np.unique(shape):  # Each sprite's own shape only.
+    rows = shape[:, 0, 0] == value
+    masks[rows] = inside_shape(value, u[rows], v[rows])
+  return masks, tops[:, 0, 0], lefts[:, 0, 0]
 
 
 def render_frames(
@@ -121,17 +136,19 @@ def render_frames(
   Returns:
     uint8 [T, 64, 64, 3] frames with values in {0, 255}.
   """
-  num_frames, num_sprites = xs.shape
+  num_frames, num_sprites = np.shape(xs)
   content = np.broadcast_to(content, (num_frames, num_sprites, 2))
+  masks, tops, lefts = sprite_masks(
+    content[..., 0], content[..., 1], orientations, xs, ys
+  )
+  # Paste the windows into a padded canvas, then crop.
+  pad, width = _WINDOW_HALF, 2 * _WINDOW_HALF
+  canvas = np.zeros((len(masks), CANVAS_SIZE + 2 * pad, CANVAS_SIZE + 2 * pad), bool)
+  for n, (top, left) in enumerate(zip(tops + pad, lefts + pad, strict=True)):
+    canvas[n, top : top + width, left : left + width] = masks[n]
+  canvas = canvas[:, pad : pad + CANVAS_SIZE, pad : pad + CANVAS_SIZE]
   frames = np.zeros((num_frames, CANVAS_SIZE, CANVAS_SIZE, 3), np.uint8)
-  for t in range(num_frames):
-    for s in range(num_sprites):
-      draw_sprite(
-        frames[t, :, :, s],
-        int(content[t, s, 0]),
-        int(content[t, s, 1]),
-        int(orientations[t, s]),
-        int(xs[t, s]),
-        int(ys[t, s]),
-      )
+  frames[..., :num_sprites] = np.moveaxis(
+    canvas.reshape(num_frames, num_sprites, CANVAS_SIZE, CANVAS_SIZE), 1, -1
+  ) * np.uint8(255)
   return frames

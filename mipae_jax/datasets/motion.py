@@ -4,7 +4,9 @@ Objects move on an integer grid [0, max_position] with a constant integer
 velocity; when a step would leave the grid, the position is clamped to the
 wall it crossed and that velocity component is negated (mirror reflection, as
 in DRNET's Moving MNIST). Speeds therefore never change, and a velocity
-component changes sign exactly at the steps that hit a wall.
+component changes sign exactly at the steps that hit a wall (`bounce`,
+Moving MNIST and MPI3D). Moving dSprites follows the authors' loader instead:
+clamp and reflect before each frame is drawn (`reflect_before_drawing`).
 """
 
 import numpy as np
@@ -61,3 +63,41 @@ def rotate(
     (num_steps,) + (1,) * np.ndim(start)
   )
   return np.mod(np.asarray(start) + frames * np.asarray(step), period).astype(np.int32)
+
+
+def reflect_before_drawing(
+  start: np.ndarray, velocity: np.ndarray, num_steps: int, max_position: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Returns positions and velocities under the authors' Moving dSprites rule.
+
+  At every frame, before the object is drawn, each coordinate below 0 is set
+  to 0 and one at or above `max_position` is set to `max_position`, and in
+  both cases that velocity component is negated; the object is then drawn and
+  the velocity added. (So an object rests a frame at a wall it overshot, and
+  a start at `max_position` turns back at once.)
+
+  Args:
+    start: int positions at the first frame, any shape [..., D], each in
+      [0, max_position].
+    velocity: int velocities at the first frame, same shape as `start`.
+    num_steps: number of frames T.
+    max_position: the largest position.
+
+  Returns:
+    (positions, velocities), both int32 [T, ...start.shape]: the drawn
+    positions and the velocity added after each frame.
+  """
+  position = np.asarray(start, np.int32)
+  speed = np.asarray(velocity, np.int32)
+  if np.any(position < 0) or np.any(position > max_position):
+    raise ValueError(f"start positions must lie in [0, {max_position}].")
+  positions = np.empty((num_steps, *position.shape), np.int32)
+  velocities = np.empty((num_steps, *position.shape), np.int32)
+  for t in range(num_steps):
+    low, high = position < 0, position >= max_position
+    position = np.clip(position, 0, max_position)
+    speed = np.where(low | high, -speed, speed)
+    positions[t] = position
+    velocities[t] = speed
+    position = position + speed
+  return positions, velocities

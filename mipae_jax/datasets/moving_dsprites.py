@@ -2,10 +2,11 @@
 
 Sprite n is drawn in colour channel n. Per video each sprite has a fixed
 shape and scale; its position moves on the 32x32 dSprites grid with an
-integer velocity in [-2, 2] per axis and mirror reflection (motion.bounce).
-Its orientation is fixed per video ("fixed" configs, orientation is content)
-or turns by a per-video step in [-2, 2] each frame, wrapping mod 40
-("rotating" configs, orientation is pose).
+integer velocity in [-2, 2] per axis, reflected at the walls by the authors'
+rule (motion.reflect_before_drawing). Its orientation turns by a per-video
+step in [-2, 2] each frame, wrapping mod 40 ("rotating" configs, the default:
+orientation is pose), or is fixed per video ("fixed" configs: orientation is
+content).
 
 Sprites occlude each other, as in the authors' loader: per video a depth
 order (a permutation of the sprites, front to back) is drawn uniformly, and
@@ -14,11 +15,11 @@ order is the last content factor, "depth_order" (num_sprites >= 2 only): the
 index of the permutation in depth_orders(num_sprites), lexicographic, so with
 two sprites it is the front sprite itself (the authors' `front`).
 
-Content combinations are split so the test split holds only combinations
-never seen in training: each sprite's (shape, scale, orientation) when
-fixed (500 train / 220 test of 720), (shape, scale) when rotating (12 / 6 of
-18, two held-out scales per shape, each scale held out for exactly one
-shape). The split is seeded and stored in the metadata ("train_contents",
+Content combinations are split as in the authors' split files, so the test
+split holds only combinations never seen in training: each sprite's (shape,
+scale, orientation) when fixed (500 train / 220 test of 720), (shape, scale)
+when rotating (12 / 6 of 18). The tables are embedded below
+(AUTHORS_TEST_CONTENTS) and stored in the metadata ("train_contents",
 "test_contents"); the depth order is drawn from all orders in both splits.
 
 render_frames draws single frames from given factors with the code that draws
@@ -26,7 +27,8 @@ the videos (MIG's factor-sampled frames); factor_sizes gives each factor
 column's number of values.
 
 Frames come from the embedded renderer (dsprites_shapes, the default) or from
-the official dSprites .npz ("*_npz" configs, manual dir).
+the official dSprites .npz ("*_npz" configs, manual dir), indexed as the
+authors' loader does.
 """
 
 import dataclasses
@@ -71,15 +73,11 @@ class MovingDspritesConfig(common.MovingVideoConfig):
       (content).
     source: "renderer" (embedded, no download) or "npz" (official dSprites
       .npz from the manual dir).
-    num_test_contents: (shape, scale, orientation) combinations of the 720
-      held out for the test split when orientation is fixed. Rotating
-      configs hold out 6 of the 18 (shape, scale) pairs, two per shape.
   """
 
   num_sprites: int = 2
   rotating: bool = False
   source: str = "renderer"
-  num_test_contents: int = 220
 
   def __post_init__(self):
     super().__post_init__()
@@ -91,12 +89,6 @@ class MovingDspritesConfig(common.MovingVideoConfig):
     if self.source not in ("renderer", "npz"):
       raise ValueError(
         f"Config {self.name!r}: source={self.source!r} must be 'renderer' or 'npz'."
-      )
-    num_contents = len(all_contents(rotating=False))
-    if not 1 <= self.num_test_contents < num_contents:
-      raise ValueError(
-        f"Config {self.name!r}: num_test_contents={self.num_test_contents} "
-        f"must be in [1, {num_contents - 1}]."
       )
 
   @property
@@ -196,27 +188,45 @@ def all_contents(rotating: bool) -> np.ndarray:
   return np.stack(np.unravel_index(np.arange(np.prod(sizes)), sizes), -1)
 
 
-def split_contents(config: MovingDspritesConfig) -> dict[str, np.ndarray]:
-  """Returns the seeded disjoint content combinations of each split.
+# The authors' content split (their data/dsprites_test_split.npy and
+# dsprites_no_rot_test_split.npy): the test combinations, every other one is
+# train. Fixed orientation: linear indices of (shape, scale, orientation) in
+# all_contents(rotating=False); rotating: (shape, scale) pairs.
+AUTHORS_TEST_CONTENTS = {
+  False: (
+    4, 7, 8, 9, 20, 23, 29, 37, 38, 39, 41, 42, 44, 46, 47, 48, 56, 67, 68, 70,
+    75, 78, 79, 80, 84, 86, 89, 93, 94, 101, 102, 107, 108, 109, 111, 112, 116,
+    118, 123, 137, 138, 140, 147, 149, 155, 158, 159, 166, 167, 169, 170, 173,
+    174, 181, 192, 194, 198, 201, 208, 209, 214, 215, 219, 233, 235, 237, 240,
+    245, 247, 248, 249, 251, 254, 258, 263, 264, 265, 266, 273, 274, 275, 277,
+    282, 289, 290, 292, 296, 297, 299, 300, 303, 306, 308, 309, 310, 314, 317,
+    321, 322, 323, 328, 330, 340, 345, 348, 357, 363, 365, 372, 379, 381, 384,
+    386, 388, 394, 395, 397, 401, 403, 407, 412, 413, 414, 415, 422, 423, 425,
+    432, 434, 436, 438, 440, 441, 446, 449, 450, 453, 454, 459, 460, 465, 467,
+    471, 472, 474, 480, 481, 482, 486, 488, 490, 492, 504, 508, 512, 513, 516,
+    519, 525, 527, 530, 535, 540, 547, 548, 551, 552, 555, 556, 557, 559, 563,
+    568, 574, 577, 579, 581, 583, 588, 592, 598, 602, 606, 609, 611, 613, 614,
+    618, 619, 623, 627, 628, 631, 637, 638, 639, 643, 645, 646, 647, 654, 657,
+    658, 659, 662, 669, 670, 673, 674, 682, 687, 688, 690, 691, 695, 700, 702,
+    704, 706, 713,
+  ),
+  True: ((0, 1), (0, 3), (0, 5), (1, 0), (1, 1), (1, 5)),
+}  # fmt: skip
 
-  Fixed orientation: a random `num_test_contents` (default 220) of the 720
-  (shape, scale, orientation) combinations are test-only. Rotating: scales
-  are permuted and shape s holds out scales perm[2s], perm[2s + 1], so every
-  shape and every scale still appears in training.
+
+def split_contents(config: MovingDspritesConfig) -> dict[str, np.ndarray]:
+  """Returns the authors' disjoint content combinations of each split.
+
+  Rows are in lexicographic order: (shape, scale, orientation) when fixed
+  (500 train / 220 test), (shape, scale) when rotating (12 / 6).
   """
-  rng = np.random.default_rng([config.seed, 2])
   contents = all_contents(config.rotating)
+  is_test = np.zeros(len(contents), bool)
   if config.rotating:
-    permutation = rng.permutation(shapes.NUM_SCALES)
-    held_out = {
-      (shape, int(scale))
-      for shape in range(shapes.NUM_SHAPES)
-      for scale in permutation[2 * shape : 2 * shape + 2]
-    }
-    is_test = np.array([tuple(c) in held_out for c in contents.tolist()])
+    held_out = set(AUTHORS_TEST_CONTENTS[True])
+    is_test[:] = [tuple(c) in held_out for c in contents.tolist()]
   else:
-    is_test = np.zeros(len(contents), bool)
-    is_test[rng.permutation(len(contents))[: config.num_test_contents]] = True
+    is_test[list(AUTHORS_TEST_CONTENTS[False])] = True
   return {"train": contents[~is_test], "test": contents[is_test]}
 
 
@@ -242,7 +252,9 @@ def sample_video(
   content = contents[rng.integers(0, len(contents), size=num_sprites)]
   start = rng.integers(0, MAX_POSITION + 1, size=(num_sprites, 2))
   velocity = motion.sample_velocities(rng, (num_sprites, 2), *VELOCITY_RANGE)
-  positions, velocities = motion.bounce(start, velocity, config.seq_len, MAX_POSITION)
+  positions, velocities = motion.reflect_before_drawing(
+    start, velocity, config.seq_len, MAX_POSITION
+  )
   if config.rotating:
     start_orientation = rng.integers(0, shapes.NUM_ORIENTATIONS, size=num_sprites)
     steps = motion.sample_velocities(rng, (num_sprites,), *ROTATION_STEP_RANGE)
@@ -394,7 +406,7 @@ def render_frames(
 class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   """Moving dSprites with (shape, scale[, orientation]) content, grid positions as pose."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
     "1.0.0": "Initial release.",
     "1.1.0": (
@@ -402,6 +414,11 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
       "hidden where a sprite in front of it is lit, as in the authors' "
       "loader); the order is a last content factor, depth_order. Motion, "
       "shapes and the content split are those of 1.0.0."
+    ),
+    "2.0.0": (
+      "The official dSprites geometry (sprites about twice the area, centres "
+      "16-48 px), the authors' content split files and their bounce rule "
+      "(clamp and reflect before drawing); 'rotating' is the default config."
     ),
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -439,7 +456,7 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     ),
   ]
   BUILDER_CONFIGS += [common.small_variant(c) for c in BUILDER_CONFIGS]
-  DEFAULT_CONFIG_NAME = "fixed"
+  DEFAULT_CONFIG_NAME = "rotating"
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
