@@ -46,7 +46,7 @@ from typing import Any
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from mipae_jax import config_fields, config_validation, sweeps  # noqa: E402
+from mipae_jax import commands, config_fields, sweeps  # noqa: E402
 
 # Entry-point modes a run can go through; curves scores its checkpoints.
 STAGES = ("train", "train_lstm", "eval", "curves")
@@ -172,7 +172,7 @@ def build_runs(
 def compare_command(python: str, runs: Sequence[Run]) -> list[str]:
   """The command that prints one table over the runs' workdirs (run names
   hold commas: --workdirs quotes them, CSV style)."""
-  workdirs = config_validation.list_value([run.workdir for run in runs])
+  workdirs = commands.list_value([run.workdir for run in runs])
   return [python, "-m", "mipae_jax.main", "--mode=compare", f"--workdirs={workdirs}"]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mipae_jax.models import layers
+from mipae_jax.models import common
 from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks
 
@@ -34,17 +34,17 @@ def _in_calls(
   statistics), so the frames can go through in `lax.map` calls of about
   `frames_per_call` per device: XLA CPU's convolutions run 1.2-1.5x faster
   on such cache-sized batches than on one batch of thousands of frames. The
-  calls take `layers.interleaved_chunks`, so frames sharded over the batch
+  calls take `common.interleaved_chunks`, so frames sharded over the batch
   axis stay where they are. 0, or too few frames, makes one call.
   """
   num_frames = frames.shape[0]
   calls = 1
   if frames_per_call > 0:
     wanted = num_frames // (frames_per_call * jax.device_count())
-    calls = layers.num_batch_chunks(num_frames, wanted)
+    calls = common.num_batch_chunks(num_frames, wanted)
   if calls == 1:
     return encode(frames)
-  chunks = layers.interleaved_chunks(frames, calls)
+  chunks = common.interleaved_chunks(frames, calls)
   out = jax.lax.map(encode, jnp.swapaxes(chunks, 0, 1))
   return jax.tree.map(
     lambda x: jnp.swapaxes(x, 0, 1).reshape(num_frames, *x.shape[2:]), out

@@ -1,6 +1,7 @@
 """Dotted config fields ("lstm.batch_size"): reading, setting, flattening and
-comparing ml_collections configs by them."""
+comparing ml_collections configs by them, and naming a field a config lacks."""
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -54,3 +55,45 @@ def changed_fields(
   """Field -> (reference value, config value) where the two differ."""
   ours, theirs = flatten(config), flatten(reference)
   return {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config flattened to dotted keys of scalars, for TensorBoard hparams."""
+  flat = {}
+
+  def visit(prefix: str, node: Any) -> None:
+    if isinstance(node, ml_collections.ConfigDict):
+      for key, value in node.items():
+        visit(f"{prefix}.{key}" if prefix else key, value)
+    elif isinstance(node, bool | int | float | str):
+      flat[prefix] = node
+    elif node is not None:
+      flat[prefix] = str(node)
+
+  visit("", config)
+  return flat
+
+
+def field_names(config: ml_collections.ConfigDict) -> list[str]:
+  """Every dotted field of `config`, nested ConfigDicts included."""
+  names = []
+  for key, value in config.items():
+    names.append(key)
+    if isinstance(value, ml_collections.ConfigDict):
+      names.extend(f"{key}.{name}" for name in field_names(value))
+  return names
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """The one-line error of a dotted `field` that `config` lacks ("unknown
+  config field 'x' (did you mean ...?)"), else None."""
+  node = config
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(field, field_names(config), n=3, cutoff=0.6)
+      if not close:
+        return f"unknown config field {field!r} (none is close; see configs/base.py)"
+      guess = ", ".join(repr(name) for name in close)
+      return f"unknown config field {field!r} (did you mean {guess}?)"
+    node = node[part]
+  return None

@@ -9,8 +9,7 @@ latest pose LSTM of a workdir, predicts num_future frames from num_context
 test frames (content never seen in training) and scores every predicted
 frame; it encodes num_mig_frames single test frames for MIG. Everything goes
 to DIR/eval: metrics.json, frame_metrics.csv, PNGs, and TensorBoard events
-(`eval_` tags). `--mode=compare` tabulates several such workdirs (compare.py;
-`python -m mipae_jax.evaluate --compare DIR1 DIR2 ...` is an alias).
+(`eval_` tags). `--mode=compare` tabulates several such workdirs (compare.py).
 """
 
 import dataclasses
@@ -18,7 +17,6 @@ import functools
 import math
 import operator
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -609,56 +607,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_outputs.write_metrics(result, workdir)
   logging.info("Evaluation of %s done in %.1f s.", workdir, timing["total_s"])
   return result
-
-
-def main_argv(argv: Sequence[str]) -> list[str]:
-  """The `python -m mipae_jax.main` argv (program name first) of the old
-  command line `--compare DIR ... [--output OUT]`: `--mode=compare
-  --workdirs=DIR,... [--workdir=OUT]`; any other argument is passed on.
-
-  Raises:
-    ValueError: no workdir after --compare, --output without its value.
-  """
-  workdirs: list[str] = []
-  output: str | None = None
-  rest: list[str] = []
-  args = list(argv[1:])
-  while args:
-    arg = args.pop(0)
-    name, has_value, value = arg.partition("=")
-    if name == "--compare":
-      if has_value:
-        workdirs.append(value)
-      while args and not args[0].startswith("-"):
-        workdirs.append(args.pop(0))
-    elif name == "--output":
-      if not has_value:
-        if not args:
-          raise ValueError("--output needs a directory.")
-        value = args.pop(0)
-      output = value
-    else:
-      rest.append(arg)
-  if not workdirs:
-    raise ValueError("--compare needs at least one evaluated workdir.")
-  args = [argv[0], "--mode=compare"]
-  args.append(f"--workdirs={config_validation.list_value(workdirs)}")
-  if output is not None:
-    args.append(f"--workdir={output}")
-  return args + rest
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-  """The old command line `--compare DIR ... [--output OUT]` (the arguments
-  after the program name; default sys.argv[1:]) in this process:
-  mipae_jax.main.call of its main_argv; prints and returns the table."""
-  from mipae_jax import main as cli
-
-  args = sys.argv[1:] if argv is None else list(argv)
-  return cli.call(main_argv(["mipae_jax.evaluate", *args]))
-
-
-if __name__ == "__main__":
-  from mipae_jax import main as cli
-
-  cli.alias_command_line(main_argv)

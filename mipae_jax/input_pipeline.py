@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 
 # Registers moving_mnist, moving_dsprites and moving_mpi3d with TFDS.
 import mipae_jax.datasets  # noqa: F401
-from mipae_jax import config_validation
+from mipae_jax import commands, config_validation
 
 # Threads reading and decoding records ahead of the training step (zlib
 # releases the GIL). Grain polls every buffered read per element, so a short
@@ -257,7 +257,7 @@ def dataset_info(dataset_config) -> DatasetInfo:
 def _rebuild_hint(builder: tfds.core.DatasetBuilder, dataset_config) -> str:
   return (
     f"rebuild the dataset: delete {builder.data_dir} and run "
-    + config_validation.prepare_command(dataset_config)
+    + commands.prepare_command(dataset_config)
   )
 
 

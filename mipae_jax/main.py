@@ -12,21 +12,22 @@ library functions.
       --workdir=DIR [--methods=mipae,drnet]
 
 --mode=train is the default. Any mode but compare takes --config.FIELD=VALUE
-overrides; reproduce applies them to the config of every method.
-`python -m mipae_jax.reproduce` and `python -m mipae_jax.evaluate --compare`
-are aliases that translate their old flags into these.
+overrides; reproduce applies them to the config of every method. This is the
+one command line: no library module imports it.
 """
 
+import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mipae_jax import config_validation, sharding
+from mipae_jax import config_fields, config_validation, registry, sharding
 
 MODES = ("prepare", "train", "train_lstm", "eval", "curves", "compare", "reproduce")
 # Modes that read --workdirs / --methods.
@@ -74,6 +75,49 @@ flags.DEFINE_list(
 )
 
 
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of a --config value "path.py[:variant]", as config_flags
+  loads it."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def _config_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
+  """(the --config value, the dotted fields of its --config.* overrides)."""
+  spec, fields = None, []
+  for i, arg in enumerate(argv):
+    name, has_value, value = arg.lstrip("-").partition("=")
+    if not arg.startswith("-"):
+      continue
+    if name == "config":
+      spec = value if has_value else (argv[i + 1] if i + 1 < len(argv) else None)
+    elif name.startswith("config."):
+      fields.append(name.removeprefix("config."))
+  return spec, fields
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser (app.run's `flags_parser`), but an unknown
+  --config.* field exits with one line naming it and the closest fields
+  instead of config_flags' bare AttributeError."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    spec, fields = _config_overrides(argv[1:])
+    if spec is None:
+      raise
+    config = _load_config_file(spec)
+    for field in fields:
+      message = config_fields.unknown_field(config, field)
+      if message:
+        print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+        sys.exit(1)
+    raise error
+
+
 def check_flags() -> None:
   """Raises app.UsageError, one line, for flags that --mode cannot run with."""
   mode = FLAGS.mode
@@ -109,10 +153,10 @@ def _reproduce_arguments() -> dict[str, Any]:
       f"paper's settings); got --config={spec}."
     )
   dataset = FLAGS.config.dataset.name
-  if dataset not in config_validation.CONFIG_SUFFIXES:
+  if dataset not in registry.CONFIG_SUFFIXES:
     raise app.UsageError(
       f"--mode=reproduce: config.dataset.name={dataset!r}; expected one of "
-      f"{sorted(config_validation.CONFIG_SUFFIXES)}."
+      f"{sorted(registry.CONFIG_SUFFIXES)}."
     )
   methods = tuple(FLAGS.methods)
   if (
@@ -266,20 +310,10 @@ def _one_line_errors(argv: list[str]) -> int | None:
 
 def command_line(argv: Sequence[str]) -> None:
   """Runs `argv` (sys.argv form) as `python -m mipae_jax.main` does, then
-  exits; the entry point of this module and of its aliases."""
+  exits."""
   sys.argv = list(argv)  # config_flags reads the --config.* overrides there.
   jax.config.config_with_absl()
-  app.run(_one_line_errors, argv=sys.argv, flags_parser=config_validation.parse_flags)
-
-
-def alias_command_line(translate: Callable[[list[str]], list[str]]) -> None:
-  """The entry point of an old command line: `translate(sys.argv)` gives
-  main's argv; a bad old flag exits 1 with one line."""
-  try:
-    argv = translate(sys.argv)
-  except ValueError as error:
-    sys.exit(f"FATAL Flags parsing error: {error}")
-  command_line(argv)
+  app.run(_one_line_errors, argv=sys.argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 the reproduction's report share: the terms of MIG (eq. 8), Table I, which way
 each metric is better, and why the reduced scale is what it is."""
 
-METHODS = ("mipae", "drnet")
+from mipae_jax.registry import METHODS  # noqa: F401  (the tables' row order)
+
 # Every term of eq. 8 that disentanglement.mig returns, in the order of the tables'
 # columns -> its ASCII name (TensorBoard tag).
 MIG_TERMS = {

@@ -20,9 +20,9 @@ from etils import epath
 
 from mipae_jax import (
   compare,
-  config_validation,
   eval_outputs,
   paper,
+  registry,
   sweeps,
   visualize,
 )
@@ -52,7 +52,7 @@ class Reproduction:
   reference: ml_collections.ConfigDict  # the paper config of the first method
   changed: dict[str, tuple[Any, Any]]  # field -> (paper value, this run's)
   info: Any  # the dataset's input_pipeline.dataset_info
-  command: str  # the `python -m mipae_jax.reproduce` command line
+  command: str  # the `python -m mipae_jax.main --mode=reproduce` command line
   stage_commands: list[str]  # the same stages with `python -m mipae_jax.main`
   timings_file: str  # where the wall times are kept
 
@@ -120,7 +120,7 @@ def _settings_section(
   if changed:
     parts += [
       "Fields changed from the paper configs (`configs/<method>_"
-      f"{config_validation.CONFIG_SUFFIXES[config.dataset.name]}.py`):",
+      f"{registry.CONFIG_SUFFIXES[config.dataset.name]}.py`):",
       "",
       compare.markdown_table(
         ["Field", "Paper", "This run"],

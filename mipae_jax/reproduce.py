@@ -3,10 +3,7 @@
   python -m mipae_jax.main --mode=reproduce --config=configs/mipae_dsprites.py:reduced
       --workdir=DIR [--methods=mipae,drnet] [--config.FIELD=VALUE ...]
 
-(any method's config file of the dataset; its variant is the scale). The old
-command line, `python -m mipae_jax.reproduce --dataset=moving_dsprites
---scale=reduced --workdir=DIR [--override=FIELD=VALUE] [--data_dir=X]
-[--manual_dir=Y]`, is an alias of it (`main_argv`).
+(any method's config file of the dataset; its variant is the scale).
 
 For each method, with the same data, seed and number of training frames, it
 trains the main network (DIR/<method>), then the pose LSTM, evaluates both,
@@ -29,13 +26,10 @@ Scales (`SCALES`) are the variants of the config files (configs/base.py):
   tiny     `:tiny`, a few steps on the small embedded dataset, for tests.
 """
 
-import ast
 import datetime
-import importlib
 import json
 import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,20 +40,20 @@ from etils import epath
 
 from mipae_jax import (
   checkpointing,
+  commands,
   compare,
   config_fields,
-  config_validation,
   eval_outputs,
   evaluate,
   input_pipeline,
+  registry,
   report,
   restore,
   sweeps,
   train,
   train_lstm,
 )
-from mipae_jax.config_validation import CONFIG_SUFFIXES
-from mipae_jax.paper import METHODS
+from mipae_jax.registry import CONFIG_SUFFIXES, METHODS
 
 SCALES = ("paper", "reduced", "tiny")
 TIMINGS_FILE = "timings.json"
@@ -84,17 +78,9 @@ def build_config(
   """The config of configs/{method}_{dataset}.py at `scale` (its variant, the
   file's own get_config(scale); "paper": none), with the data dirs and the
   dotted-field `overrides`."""
-  if dataset not in CONFIG_SUFFIXES:
-    raise ValueError(
-      f"Unknown dataset {dataset!r}; expected one of {sorted(CONFIG_SUFFIXES)}."
-    )
-  if method not in METHODS:
-    raise ValueError(f"Unknown method {method!r}; expected some of {METHODS}.")
   if scale not in SCALES:
     raise ValueError(f"Unknown scale {scale!r}; expected one of {SCALES}.")
-  module = importlib.import_module(
-    f"mipae_jax.configs.{method}_{CONFIG_SUFFIXES[dataset]}"
-  )
+  module = registry.config_module(method, dataset)
   config = module.get_config() if scale == "paper" else module.get_config(scale)
   fields = {"dataset.data_dir": data_dir, "dataset.manual_dir": manual_dir}
   fields = {field: value for field, value in fields.items() if value is not None}
@@ -352,7 +338,7 @@ def stage_commands(
         f"python -m mipae_jax.main --config={config_file} --workdir={method_dir} "
         f'--mode={MAIN_MODES[stage]} "${{OVERRIDES[@]}}"'
       )
-  runs = config_validation.list_value([os.path.join(workdir, m) for m in configs])
+  runs = commands.list_value([os.path.join(workdir, m) for m in configs])
   lines.append(f"python -m mipae_jax.main --mode=compare {_flag('workdirs', runs)}")
   return lines
 
@@ -426,102 +412,3 @@ def reproduce(
   path = write_report()
   logging.info("Report: %s", path)
   return path
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-  """`field=value`: the value as a Python literal, else as a plain string."""
-  field, sep, value = text.partition("=")
-  if not sep or not field:
-    raise ValueError(f"--override={text!r} must be FIELD=VALUE.")
-  try:
-    return field, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return field, value
-
-
-# The flags of the old command line and the --config.* field each sets.
-_OLD_FIELD_FLAGS = {"data_dir": "dataset.data_dir", "manual_dir": "dataset.manual_dir"}
-_OLD_FLAGS = ("dataset", "scale", "override", *_OLD_FIELD_FLAGS)
-_HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "-helpfull", "--helpshort")
-
-
-def main_argv(argv: Sequence[str]) -> list[str]:
-  """The `python -m mipae_jax.main` argv (program name first) of the old
-  command line `--dataset=D [--scale=S] --workdir=W [--methods=M,...]
-  [--data_dir=X] [--manual_dir=Y] [--override=FIELD=VALUE ...]`:
-  `--mode=reproduce --config=<this package>/configs/mipae_<D>.py[:S]`
-  (--scale defaults to reduced, as it did; paper is no variant),
-  `--config.dataset.data_dir=X`, `--config.dataset.manual_dir=Y` and
-  `--config.FIELD=VALUE`; every other argument (--workdir, --methods, absl's
-  flags) is passed on as it is.
-
-  Raises:
-    ValueError: a missing or unknown --dataset, an unknown --scale, an
-      --override that is not FIELD=VALUE, an old flag without its value.
-  """
-  taken, rest = _take_flags(argv[1:], _OLD_FLAGS)
-  args = [argv[0], "--mode=reproduce"]
-  datasets = ", ".join(sorted(CONFIG_SUFFIXES))
-  dataset = taken["dataset"][-1] if taken["dataset"] else None
-  scale = taken["scale"][-1] if taken["scale"] else "reduced"
-  if scale not in SCALES:
-    raise ValueError(f"--scale={scale}: expected one of {', '.join(SCALES)}.")
-  if dataset is None:
-    if not set(rest) & set(_HELP_FLAGS):
-      raise ValueError(f"--dataset is required: one of {datasets}.")
-  elif dataset not in CONFIG_SUFFIXES:
-    raise ValueError(f"--dataset={dataset}: expected one of {datasets}.")
-  else:
-    config_file = os.path.join(
-      os.path.dirname(os.path.abspath(__file__)),
-      "configs",
-      f"mipae_{CONFIG_SUFFIXES[dataset]}.py",
-    )
-    variant = "" if scale == "paper" else f":{scale}"
-    args.append(f"--config={config_file}{variant}")
-  for name, field in _OLD_FIELD_FLAGS.items():
-    args += [f"--config.{field}={value}" for value in taken[name][-1:]]
-  for text in taken["override"]:
-    field, value = parse_override(text)
-    args.append(f"--config.{field}={sweeps.format_value(value)}")
-  return args + rest
-
-
-def _take_flags(
-  args: Sequence[str], names: Sequence[str]
-) -> tuple[dict[str, list[str]], list[str]]:
-  """(name -> the values of the flags `names` in `args`, in order; the other
-  arguments). A flag is -name or --name, with =VALUE or VALUE next; `--`
-  ends the flags."""
-  taken: dict[str, list[str]] = {name: [] for name in names}
-  rest: list[str] = []
-  args = list(args)
-  while args:
-    arg = args.pop(0)
-    if arg == "--":
-      rest += [arg, *args]
-      break
-    name, has_value, value = arg.lstrip("-").partition("=")
-    if not arg.startswith("-") or name not in taken:
-      rest.append(arg)
-      continue
-    if not has_value:
-      if not args:
-        raise ValueError(f"Flag {arg} needs a value.")
-      value = args.pop(0)
-    taken[name].append(value)
-  return taken, rest
-
-
-def main(argv: Sequence[str] | None = None) -> Any:
-  """The old command line (sys.argv form; default sys.argv) in this process:
-  mipae_jax.main.call of its main_argv; returns the report's path."""
-  from mipae_jax import main as cli
-
-  return cli.call(main_argv(sys.argv if argv is None else argv))
-
-
-if __name__ == "__main__":
-  from mipae_jax import main as cli
-
-  cli.alias_command_line(main_argv)

@@ -8,7 +8,7 @@ from typing import Any
 
 import ml_collections
 
-from mipae_jax import checkpointing, config_validation
+from mipae_jax import checkpointing, commands
 from mipae_jax.models.networks import Networks, build_networks
 from mipae_jax.models.pose_lstm import PoseLSTM
 from mipae_jax.train_state import (
@@ -49,7 +49,7 @@ def load_main_network(
     state, step = checkpoints.restore_trained(
       init_fn,
       step,
-      f"Train it first: {config_validation.command(config, workdir, 'train')}",
+      f"Train it first: {commands.command(config, workdir, 'train')}",
     )
   return networks, {"params": state.params, "batch_stats": state.batch_stats}, step
 
@@ -105,6 +105,6 @@ def load_pose_lstm(
     state, step = checkpoints.restore_trained(
       functools.partial(create_lstm_state, pose_lstm, config),
       step,
-      "Run stage 2 first: " + config_validation.command(config, workdir, "train_lstm"),
+      "Run stage 2 first: " + commands.command(config, workdir, "train_lstm"),
     )
   return pose_lstm, state.params, step

@@ -16,6 +16,7 @@ from clu import metric_writers, metrics
 from mipae_jax import (
   autoencoder,
   checkpointing,
+  config_fields,
   config_validation,
   input_pipeline,
   loop,
@@ -317,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       ),
       checkpoints,
       train_iter,
-      loop.Output(workdir, config_validation.flat_hparams(config)),
+      loop.Output(workdir, config_fields.flat_hparams(config)),
       make_image_hook(networks),
       name=f"{config.method} main network",
     )

@@ -18,6 +18,7 @@ from clu import metric_writers, metrics
 
 from mipae_jax import (
   autoencoder,
+  config_fields,
   config_validation,
   input_pipeline,
   loop,
@@ -191,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
       ),
       checkpoints,
       train_iter,
-      loop.Output(workdir, config_validation.flat_hparams(config), collection="lstm"),
+      loop.Output(workdir, config_fields.flat_hparams(config), collection="lstm"),
       make_prediction_hook(predictor, main, config),
       name="pose LSTM",
     )

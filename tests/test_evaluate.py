@@ -255,17 +255,14 @@ def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
 
 
 @pytest.mark.slow  # the whole evaluation (fixture `evaluated`)
-def test_compare_prints_one_table_over_two_runs(evaluated, tmp_path, capsys):
+def test_compare_prints_one_table_over_two_runs(evaluated, tmp_path):
   workdir, result = evaluated
   other = tmp_path / "drnet_run"
   (other / "eval").mkdir(parents=True)
   (other / "eval" / "metrics.json").write_text(
     json.dumps({**result, "method": "drnet", "run": "drnet_run"})
   )
-  text = evaluate.main(
-    ["--compare", str(workdir), str(other), "--output", str(tmp_path / "cmp")]
-  )
-  assert text in capsys.readouterr().out
+  text = compare.compare([str(workdir), str(other)], str(tmp_path / "cmp"))
   header, rule, *rows = text.split("\n\n")[0].splitlines()
   assert "MIG" in header and "PSNR @1" in header and "LPIPS-alex @1" in header
   # Only 3 predicted frames: no column for frames 10 and 30.

@@ -673,8 +673,7 @@ def test_method_sweep_runs_equal_each_methods_own_config_with_that_seed():
   assert config.method == "drnet" and config.batch_size == 16
 
 
-# mipae_jax/main.py: one command line; mipae_jax.reproduce and
-# mipae_jax.evaluate --compare are aliases of it.
+# mipae_jax/main.py: the one command line.
 
 
 @pytest.fixture
@@ -701,79 +700,7 @@ def reproduce_calls(monkeypatch):
   return calls
 
 
-def _package_config(name: str) -> str:
-  return str(REPO_ROOT / "mipae_jax" / "configs" / name)
-
-
-def test_reproduce_alias_translates_its_flags_into_mains():
-  from mipae_jax import reproduce
-
-  argv = [
-    "reproduce.py",
-    "--dataset=moving_dsprites",
-    "--scale",
-    "tiny",
-    "--workdir=/w",
-    "--methods=drnet",
-    "--override=num_train_steps=3",
-    "--override",
-    "eval.lpips_nets=('alex',)",
-    "--data_dir",
-    "/d",
-    "--manual_dir=/m",
-    "--verbosity=1",
-  ]
-  assert reproduce.main_argv(argv) == [
-    "reproduce.py",
-    "--mode=reproduce",
-    f"--config={_package_config('mipae_dsprites.py')}:tiny",
-    "--config.dataset.data_dir=/d",
-    "--config.dataset.manual_dir=/m",
-    "--config.num_train_steps=3",
-    "--config.eval.lpips_nets=('alex',)",
-    "--workdir=/w",
-    "--methods=drnet",
-    "--verbosity=1",
-  ]
-  # --scale defaults to reduced, as it did; paper is the config without a variant.
-  assert reproduce.main_argv(["r", "--dataset=moving_mnist", "--workdir=/w"])[2] == (
-    f"--config={_package_config('mipae_mnist.py')}:reduced"
-  )
-  paper = reproduce.main_argv(["r", "--dataset=moving_mpi3d", "--scale=paper"])
-  assert paper[2] == f"--config={_package_config('mipae_mpi3d.py')}"
-
-
-@pytest.mark.parametrize(
-  ("argv", "message"),
-  [
-    (["--workdir=/w"], "--dataset is required: one of moving_dsprites, "),
-    (["--dataset=cifar"], "--dataset=cifar: expected one of"),
-    (["--dataset=moving_mnist", "--scale=huge"], "--scale=huge: expected one of"),
-    (["--dataset=moving_mnist", "--override=seed"], "must be FIELD=VALUE"),
-  ],
-)
-def test_reproduce_alias_names_a_bad_old_flag(argv, message):
-  from mipae_jax import reproduce
-
-  with pytest.raises(ValueError, match=message):
-    reproduce.main_argv(["r", *argv])
-
-
-def test_reproduce_alias_makes_the_call_of_the_main_form(cli, reproduce_calls, capsys):
-  from mipae_jax import reproduce
-
-  alias = reproduce.main(
-    [
-      "reproduce.py",
-      "--dataset=moving_dsprites",
-      "--scale=tiny",
-      "--workdir=/w",
-      "--methods=drnet,mipae",
-      "--data_dir=/d",
-      "--override=eval.lpips_nets=('alex',)",
-      "--override=learning_rate=0.001",
-    ]
-  )
+def test_reproduce_mode_makes_the_call_of_its_flags(cli, reproduce_calls, capsys):
   main_form = cli.call(
     [
       "main.py",
@@ -786,18 +713,19 @@ def test_reproduce_alias_makes_the_call_of_the_main_form(cli, reproduce_calls, c
       "--config.learning_rate=0.001",
     ]
   )
-  assert alias == main_form == "/w/report.md"
-  expected = {
-    "dataset": "moving_dsprites",
-    "scale": "tiny",
-    "workdir": "/w",
-    "methods": ("drnet", "mipae"),
-    "data_dir": "/d",
-    "manual_dir": None,
-    "overrides": {"eval.lpips_nets": ("alex",), "learning_rate": 0.001},
-  }
-  assert reproduce_calls == [expected, expected]
-  assert capsys.readouterr().out.count("Report: /w/report.md\n") == 2
+  assert main_form == "/w/report.md"
+  assert reproduce_calls == [
+    {
+      "dataset": "moving_dsprites",
+      "scale": "tiny",
+      "workdir": "/w",
+      "methods": ("drnet", "mipae"),
+      "data_dir": "/d",
+      "manual_dir": None,
+      "overrides": {"eval.lpips_nets": ("alex",), "learning_rate": 0.001},
+    }
+  ]
+  assert capsys.readouterr().out.count("Report: /w/report.md\n") == 1
   # The flags are unparsed again after each in-process call.
   assert not cli.FLAGS.is_parsed()
 
@@ -842,8 +770,8 @@ def test_reproduce_mode_exits_143_when_a_stage_stopped_early(cli, monkeypatch):
     cli._unparse()
 
 
-def test_compare_alias_makes_the_call_of_the_main_form(cli, monkeypatch, capsys):
-  from mipae_jax import compare, evaluate
+def test_compare_mode_reads_only_the_evaluated_workdirs(cli, monkeypatch, capsys):
+  from mipae_jax import compare
 
   calls = []
 
@@ -853,23 +781,14 @@ def test_compare_alias_makes_the_call_of_the_main_form(cli, monkeypatch, capsys)
 
   monkeypatch.setattr(compare, "compare", fake_compare)
   sweep_run = "/s/mi_weight=1e-05,seed=0"
-  alias = evaluate.main(["--compare", "/a", sweep_run, "--output", "/out"])
   # No --config: compare reads only the evaluated workdirs.
-  main_form = cli.call(
-    ["m", "--mode=compare", f'--workdirs=/a,"{sweep_run}"', "--workdir=/out"]
+  assert (
+    cli.call(["m", "--mode=compare", f'--workdirs=/a,"{sweep_run}"', "--workdir=/out"])
+    == "the table"
   )
-  assert alias == main_form == "the table"
-  assert calls == [(["/a", sweep_run], "/out")] * 2
-  assert evaluate.main_argv(["e", "--compare=/a", "/b"]) == [
-    "e",
-    "--mode=compare",
-    "--workdirs=/a,/b",
-  ]
   cli.call(["m", "--mode=compare", "--workdirs=/a,/b"])
-  assert calls[-1] == (["/a", "/b"], None)
-  assert capsys.readouterr().out == "the table\n" * 3
-  with pytest.raises(ValueError, match="--compare needs at least one"):
-    evaluate.main_argv(["e", "--output=/o"])
+  assert calls == [(["/a", sweep_run], "/out"), (["/a", "/b"], None)]
+  assert capsys.readouterr().out == "the table\n" * 2
 
 
 def test_curves_take_workdirs_and_the_old_plot_with(cli, monkeypatch):
@@ -953,14 +872,8 @@ def test_flags_a_mode_cannot_run_with_are_one_usage_error(cli, argv, message):
       ["--workdir=/nonexistent/w"],
       "--mode=train needs --config=configs/<method>_<dataset>.py[:variant].",
     ),
-    (
-      "mipae_jax.reproduce",
-      ["--workdir=/nonexistent/w"],
-      "FATAL Flags parsing error: --dataset is required: one of moving_dsprites, "
-      "moving_mnist, moving_mpi3d.",
-    ),
   ],
-  ids=["main", "reproduce_alias"],
+  ids=["main"],
 )
 def test_a_usage_error_is_the_last_line_and_exits_1(module, args, last_line):
   result = subprocess.run(
@@ -976,19 +889,18 @@ def test_a_usage_error_is_the_last_line_and_exits_1(module, args, last_line):
   assert "Traceback" not in result.stderr
 
 
-def test_hints_under_reproduce_name_each_methods_own_config_file(cli, monkeypatch):
-  from mipae_jax import config_validation, reproduce
+def test_hints_name_each_methods_own_config_file_from_the_config_alone():
+  from mipae_jax import commands, reproduce
 
-  argv = ["m", "--mode=reproduce", "--config=configs/mipae_dsprites.py:tiny"]
-  argv += ["--workdir=/w", "--config.seed=3"]
-  monkeypatch.setattr(sys, "argv", argv)
-  cli.FLAGS(argv)
-  try:
-    for method in ("mipae", "drnet"):
-      config = reproduce.build_config("moving_dsprites", method, "tiny")
-      assert config_validation.command(config, f"/w/{method}", "train") == (
-        f"python -m mipae_jax.main --config=configs/{method}_dsprites.py:tiny "
-        f"--config.seed=3 --workdir=/w/{method} --mode=train"
-      )
-  finally:
-    cli._unparse()
+  for method in ("mipae", "drnet"):
+    config = reproduce.build_config(
+      "moving_dsprites", method, "tiny", overrides={"seed": 3}
+    )
+    assert commands.command(config, f"/w/{method}", "train") == (
+      f"python -m mipae_jax.main --config=configs/{method}_dsprites.py:tiny "
+      f"--config.seed=3 --workdir=/w/{method} --mode=train"
+    )
+  paper = reproduce.build_config("moving_mpi3d", "mipae")
+  assert commands.command(paper, "/w", "eval") == (
+    "python -m mipae_jax.main --config=configs/mipae_mpi3d.py --workdir=/w --mode=eval"
+  )

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import checkpointing, config_validation, input_pipeline, restore, train
+from mipae_jax import (
+  checkpointing,
+  config_fields,
+  input_pipeline,
+  restore,
+  train,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -292,8 +298,8 @@ def test_an_unknown_config_field_is_named_on_the_command_line(tmp_path):
 
 def test_unknown_field_without_a_close_name(tmp_path):
   config = tiny_config(tmp_path)
-  assert config_validation.unknown_field(config, "model.pose_dim") is None
-  assert config_validation.unknown_field(config, "bogus_field") == (
+  assert config_fields.unknown_field(config, "model.pose_dim") is None
+  assert config_fields.unknown_field(config, "bogus_field") == (
     "unknown config field 'bogus_field' (none is close; see configs/base.py)"
   )
 

@@ -1,5 +1,5 @@
-"""Layers shared by the architectures: the 2-D convolution factory, BatchNorm
-and batch chunking.
+"""Layers shared by the architectures: the 2-D convolution factory and
+BatchNorm.
 
 `conv` / `conv_transpose` build a convolution by `impl`:
 
@@ -26,9 +26,9 @@ import flax.linen as nn
 import jax
 
 from mipae_jax.models import initializers
+from mipae_jax.models.common import PaddingLike
 
 IMPLS = ("auto", "fast", "plain")
-PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -132,19 +132,3 @@ def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
     scale_init=initializers.batchnorm_scale_init,
     name=name,
   )
-
-
-def num_batch_chunks(batch_size: int, chunks_wanted: int) -> int:
-  """The largest divisor of batch_size that is at most chunks_wanted (>= 1)."""
-  bound = min(max(chunks_wanted, 1), batch_size)
-  return max(k for k in range(1, bound + 1) if batch_size % k == 0)
-
-
-def interleaved_chunks(array: jax.Array, count: int) -> jax.Array:
-  """[B, ...] viewed as [B / count, count, ...]: [:, j] is chunk j.
-
-  Chunk j holds samples j, j + count, j + 2 * count, ...: every chunk takes
-  the same share of each device's part of a batch sharded over devices, so
-  the batch stays where it is.
-  """
-  return array.reshape(array.shape[0] // count, count, *array.shape[1:])

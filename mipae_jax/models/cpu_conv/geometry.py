@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mipae_jax.models.layers import PaddingLike
+from mipae_jax.models.common import PaddingLike
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import jax
 
-from mipae_jax.models import layers
+from mipae_jax.models import common
 
 Bilinear = Callable[[jax.Array, jax.Array], jax.Array]
 Cotangent = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -69,17 +69,17 @@ def kernel_grad_in_batch_chunks(
   """sum over batch chunks of kernel_grad(inputs[chunk], kernel, cotangents[chunk]).
 
   A kernel gradient is a sum over the batch, so this is exact up to the order
-  of the float sums. The chunks are `layers.interleaved_chunks`. Unrolled, as
+  of the float sums. The chunks are `common.interleaved_chunks`. Unrolled, as
   XLA CPU runs convs inside loops slowly.
   """
   batch_size = inputs.shape[0]
   batch_bytes = inputs.size * inputs.dtype.itemsize
-  count = layers.num_batch_chunks(batch_size, batch_bytes // KERNEL_GRAD_CHUNK_BYTES)
+  count = common.num_batch_chunks(batch_size, batch_bytes // KERNEL_GRAD_CHUNK_BYTES)
   if count == 1:
     return kernel_grad(inputs, kernel, cotangents)
 
-  input_chunks = layers.interleaved_chunks(inputs, count)
-  cotangent_chunks = layers.interleaved_chunks(cotangents, count)
+  input_chunks = common.interleaved_chunks(inputs, count)
+  cotangent_chunks = common.interleaved_chunks(cotangents, count)
   return sum(
     kernel_grad(input_chunks[:, j], kernel, cotangent_chunks[:, j])
     for j in range(count)
