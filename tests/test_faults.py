@@ -1,4 +1,4 @@
-"""Faults on tiny runs (issue #18): each probe checks the exception or exit
+"""Faults on tiny runs: each probe checks the exception or exit
 status, the one-line message, and that every checkpoint on disk before it is
 byte-identical after it. Probes fail before compiling where they can, and
 the rest reuse the session's compiled tiny step."""
@@ -87,7 +87,7 @@ def data_copy(tmp_path, dsprites_data_dir):
 def test_an_error_after_an_async_save_leaves_that_save_finalized(
   workdir, dsprites_data_dir, monkeypatch
 ):
-  """Row 2 (lr 1e30, a checkpoint every step): the error raised while the
+  """A learning rate of 1e30, a checkpoint every step: the error raised while the
   step-5 save is in flight is the one that propagates, the save completes
   and nothing earlier changes."""
   checkpoints = workdir / "checkpoints"
@@ -114,7 +114,7 @@ def test_an_error_after_an_async_save_leaves_that_save_finalized(
 def test_a_corrupt_latest_checkpoint_names_the_file_and_the_step_before(
   damage, workdir, dsprites_data_dir, no_compile
 ):
-  """Row 5: one line naming step 4, the damaged file and
+  """One line naming step 4, the damaged file and
   --config.restore_step=2; nothing on disk changes."""
   name = "state/d" if damage == "overwrite" else "state/_METADATA"
   target = workdir / "checkpoints" / "4" / name
@@ -170,7 +170,7 @@ def test_a_missing_restore_step_is_named(workdir, dsprites_data_dir, no_compile)
 def test_a_truncated_train_shard_is_named_before_compiling(
   workdir, data_copy, no_compile
 ):
-  """Row 6: the shard's record count is checked when the iterator is made."""
+  """the shard's record count is checked when the iterator is made."""
   shard = _train_shard(data_copy)
   data = open(shard, "rb").read()
   open(shard, "wb").write(data[: len(data) * 2 // 3])
@@ -187,7 +187,7 @@ def test_a_truncated_train_shard_is_named_before_compiling(
 def test_a_bad_record_names_its_file_and_no_save_is_left_half_done(
   workdir, data_copy, no_compile
 ):
-  """Row 3: records overwritten inside the train shard (its index intact)
+  """records overwritten inside the train shard (its index intact)
   fail at the first read of step 5 with the shard named."""
   shard = _train_shard(data_copy)
   data = bytearray(open(shard, "rb").read())
@@ -224,7 +224,7 @@ def test_an_unwritable_workdir_is_one_line(tmp_path, dsprites_data_dir, no_compi
 
 
 def test_an_unbuildable_data_dir_fails_before_compiling(tmp_path, no_compile):
-  """Row 7: the dataset is prepared before anything compiles."""
+  """the dataset is prepared before anything compiles."""
   blocker = tmp_path / "file"
   blocker.write_text("")
   with pytest.raises(PermissionError) as raised:
@@ -238,7 +238,7 @@ def test_an_unbuildable_data_dir_fails_before_compiling(tmp_path, no_compile):
 def test_critic_width_mismatch_is_refused_before_compiling(
   workdir, dsprites_data_dir, no_compile
 ):
-  """Row 4: --config.model.critic_hidden=256 on a 512-wide workdir."""
+  """--config.model.critic_hidden=256 on a 512-wide workdir."""
   before = _hashes(workdir)
   config = tiny_config(dsprites_data_dir, **{"model.critic_hidden": 256})
   with pytest.raises(checkpointing.CheckpointError) as raised:
@@ -250,7 +250,7 @@ def test_critic_width_mismatch_is_refused_before_compiling(
 def test_num_train_steps_below_the_checkpoint_says_nothing_to_do(
   workdir, dsprites_data_dir, no_compile, caplog
 ):
-  """Row 9: exits normally, says so, and changes nothing."""
+  """exits normally, says so, and changes nothing."""
   before = _hashes(workdir)
   state = train.train_and_evaluate(
     tiny_config(dsprites_data_dir, num_train_steps=2), str(workdir)
@@ -262,7 +262,7 @@ def test_num_train_steps_below_the_checkpoint_says_nothing_to_do(
 
 
 def test_preempted_runs_exit_143():
-  """Row 10: the status main returns after a SIGTERM stop."""
+  """the status main returns after a SIGTERM stop."""
   assert checkpointing.PREEMPTED_EXIT_CODE == 143
   assert checkpointing.exit_code(3, 50) == 143
   assert checkpointing.exit_code(50, 50) == 0
@@ -281,7 +281,7 @@ def _main(*args, env=None, **kwargs) -> subprocess.Popen:
 
 
 def test_an_unknown_config_field_is_named_on_the_command_line(tmp_path):
-  """Row 8, through the real command line; nothing is created."""
+  """Through the real command line; nothing is created."""
   run = _main(
     "--config=configs/mipae_dsprites.py",
     f"--workdir={tmp_path / 'run'}",
