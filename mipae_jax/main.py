@@ -34,7 +34,12 @@ MODES = ("prepare", "train", "train_lstm", "eval", "curves", "compare", "reprodu
 WORKDIRS_MODES = ("curves", "compare")
 METHODS_MODES = ("reproduce",)
 # The config variants --mode=reproduce runs: its scales (none is "paper").
-REPRODUCE_VARIANTS = {"": "paper", "reduced": "reduced", "tiny": "tiny"}
+REPRODUCE_VARIANTS = {
+  "": "paper",
+  "reduced": "reduced",
+  "smoke": "smoke",
+  "tiny": "tiny",
+}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -149,7 +154,7 @@ def _reproduce_arguments() -> dict[str, Any]:
   variant = spec.partition(":")[2]
   if variant not in REPRODUCE_VARIANTS:
     raise app.UsageError(
-      f"--mode=reproduce runs the config variants reduced and tiny, or none (the "
+      f"--mode=reproduce runs the config variants reduced, smoke and tiny, or none (the "
       f"paper's settings); got --config={spec}."
     )
   dataset = FLAGS.config.dataset.name
@@ -238,6 +243,15 @@ def run_mode() -> Any:
       logging.warning("%s", error)
       return checkpointing.PREEMPTED_EXIT_CODE
     print(f"Report: {path}")
+    figures = os.path.join(os.path.dirname(path), "figures")
+    if os.path.isdir(figures):
+      print(f"Pictures: {figures}")
+    for method in FLAGS.methods:
+      pictures = os.path.join(FLAGS.workdir, method, "eval")
+      if os.path.isdir(pictures):
+        print(
+          f"{method.upper()} evaluation (metrics.json, swap_grid.png, curves): {pictures}"
+        )
     return path
   from mipae_jax import evaluate
 

@@ -829,8 +829,8 @@ def test_curves_take_workdirs_and_the_old_plot_with(cli, monkeypatch):
       "--methods is read by --mode=reproduce, not --mode=curves",
     ),
     (
-      ["--mode=reproduce", "--config=configs/mipae_mnist.py:smoke", "--workdir=/w"],
-      "runs the config variants reduced and tiny, or none",
+      ["--mode=reproduce", "--config=configs/mipae_mnist.py:long_cpu", "--workdir=/w"],
+      "runs the config variants reduced, smoke and tiny, or none",
     ),
     (
       ["--mode=reproduce", "--config=configs/mipae_mnist.py", "--workdir=/w"]
