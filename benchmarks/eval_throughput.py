@@ -36,7 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mipae_jax import disentanglement, metrics  # noqa: E402
+from mipae_jax.evaluation import disentanglement, metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("mig_frames", 100_000, "Frames whose codes MIG is computed on.")

@@ -148,8 +148,6 @@ def check_flags() -> None:
 def _reproduce_arguments() -> dict[str, Any]:
   """reproduce.reproduce's keyword arguments from the flags; raises
   app.UsageError for a variant, dataset or method it cannot run."""
-  from mipae_jax import paper
-
   spec = config_flags.get_config_filename(FLAGS["config"])
   variant = spec.partition(":")[2]
   if variant not in REPRODUCE_VARIANTS:
@@ -167,10 +165,10 @@ def _reproduce_arguments() -> dict[str, Any]:
   if (
     not methods
     or len(set(methods)) != len(methods)
-    or set(methods) - set(paper.METHODS)
+    or set(methods) - set(registry.METHODS)
   ):
     raise app.UsageError(
-      f"--methods={','.join(methods)}: expected some of {','.join(paper.METHODS)}, "
+      f"--methods={','.join(methods)}: expected some of {','.join(registry.METHODS)}, "
       "each once."
     )
   overrides = dict(config_flags.get_override_values(FLAGS["config"]))
@@ -197,7 +195,7 @@ def run_mode() -> Any:
   stage stopped early)."""
   mode = FLAGS.mode
   if mode == "compare":
-    from mipae_jax import compare
+    from mipae_jax.experiments import compare
 
     text = compare.compare(FLAGS.workdirs, FLAGS.workdir)
     print(text)
@@ -229,13 +227,14 @@ def run_mode() -> Any:
     state = train_lstm.train_and_evaluate(config, FLAGS.workdir)
     return checkpointing.exit_code(int(state.step), config.lstm.num_train_steps)
   if mode == "curves":
-    from mipae_jax import learning_curves
+    from mipae_jax.evaluation import learning_curves
 
     path = learning_curves.learning_curves(config, FLAGS.workdir, FLAGS.workdirs)
     logging.info("Learning curves: %s", path)
     return path
   if mode == "reproduce":
-    from mipae_jax import checkpointing, reproduce
+    from mipae_jax import checkpointing
+    from mipae_jax.experiments import reproduce
 
     try:
       path = reproduce.reproduce(**_reproduce_arguments())
@@ -253,7 +252,7 @@ def run_mode() -> Any:
           f"{method.upper()} evaluation (metrics.json, swap_grid.png, curves): {pictures}"
         )
     return path
-  from mipae_jax import evaluate
+  from mipae_jax.evaluation import evaluate
 
   return evaluate.evaluate(config, FLAGS.workdir)
 

@@ -22,8 +22,8 @@ from mipae_jax import (
   loop,
   objectives,
   sharding,
-  visualize,
 )
+from mipae_jax.evaluation import visualize
 from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks, build_networks
 from mipae_jax.train_state import TrainState, abstract_state, init_state, split_params

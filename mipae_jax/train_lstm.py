@@ -25,8 +25,8 @@ from mipae_jax import (
   predict,
   restore,
   sharding,
-  visualize,
 )
+from mipae_jax.evaluation import visualize
 from mipae_jax.models.pose_lstm import PoseLSTM
 from mipae_jax.train_state import (
   LSTMState,

@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mipae_jax import reproduce  # noqa: E402
 from mipae_jax.datasets import moving_mnist  # noqa: E402
+from mipae_jax.experiments import reproduce
 
 
 def tiny_config(data_dir, method="mipae", /, **overrides):

@@ -1,4 +1,4 @@
-"""Tests for mipae_jax.disentanglement: the k-NN MI estimator against
+"""Tests for mipae_jax.evaluation.disentanglement: the k-NN MI estimator against
 scikit-learn and closed forms, entropy, and MIG (eq. 8)."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import scipy.integrate
 import scipy.stats
 from sklearn.feature_selection import mutual_info_classif
 
-from mipae_jax import disentanglement, knn_mi
+from mipae_jax.evaluation import disentanglement, knn_mi
 
 
 def _labelled_1d_features(

@@ -12,18 +12,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import (
-  autoencoder,
-  checkpointing,
-  compare,
-  eval_outputs,
-  evaluate,
-  input_pipeline,
-  reproduce,
-  restore,
-  train_lstm,
-  visualize,
-)
+from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, train_lstm
+from mipae_jax.evaluation import eval_outputs, evaluate, visualize
+from mipae_jax.experiments import compare, reproduce
 
 NUM_FUTURE = 3  # the tiny scale's eval.num_future
 EVAL_OVERRIDES = {"lstm.num_train_steps": 2}

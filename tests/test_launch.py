@@ -688,7 +688,7 @@ def cli(monkeypatch):
 @pytest.fixture
 def reproduce_calls(monkeypatch):
   """The keyword arguments of every reproduce.reproduce call, which does nothing."""
-  from mipae_jax import reproduce
+  from mipae_jax.experiments import reproduce
 
   calls = []
 
@@ -731,7 +731,7 @@ def test_reproduce_mode_makes_the_call_of_its_flags(cli, reproduce_calls, capsys
 
 
 def test_the_report_prints_a_command_that_makes_the_same_call(cli, reproduce_calls):
-  from mipae_jax import reproduce
+  from mipae_jax.experiments import reproduce
 
   arguments = {
     "dataset": "moving_mnist",
@@ -754,7 +754,8 @@ def test_the_report_prints_a_command_that_makes_the_same_call(cli, reproduce_cal
 
 
 def test_reproduce_mode_exits_143_when_a_stage_stopped_early(cli, monkeypatch):
-  from mipae_jax import checkpointing, reproduce
+  from mipae_jax import checkpointing
+  from mipae_jax.experiments import reproduce
 
   def stopped(**kwargs):
     raise reproduce.StageIncomplete("mipae main network stopped at step 2 of 4")
@@ -771,7 +772,7 @@ def test_reproduce_mode_exits_143_when_a_stage_stopped_early(cli, monkeypatch):
 
 
 def test_compare_mode_reads_only_the_evaluated_workdirs(cli, monkeypatch, capsys):
-  from mipae_jax import compare
+  from mipae_jax.experiments import compare
 
   calls = []
 
@@ -792,7 +793,7 @@ def test_compare_mode_reads_only_the_evaluated_workdirs(cli, monkeypatch, capsys
 
 
 def test_curves_take_workdirs_and_the_old_plot_with(cli, monkeypatch):
-  from mipae_jax import learning_curves
+  from mipae_jax.evaluation import learning_curves
 
   calls = []
   monkeypatch.setattr(
@@ -890,7 +891,8 @@ def test_a_usage_error_is_the_last_line_and_exits_1(module, args, last_line):
 
 
 def test_hints_name_each_methods_own_config_file_from_the_config_alone():
-  from mipae_jax import commands, reproduce
+  from mipae_jax import commands
+  from mipae_jax.experiments import reproduce
 
   for method in ("mipae", "drnet"):
     config = reproduce.build_config(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import learning_curves
+from mipae_jax.evaluation import learning_curves
 
 
 def test_reconstruction_errors_of_a_copy_and_of_black_frames():

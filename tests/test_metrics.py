@@ -1,4 +1,4 @@
-"""Tests for mipae_jax.metrics: PSNR, SSIM, LPIPS and the 95 % intervals."""
+"""Tests for mipae_jax.evaluation.metrics: PSNR, SSIM, LPIPS and the 95 % intervals."""
 
 import socket
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from mipae_jax import metrics
+from mipae_jax.evaluation import metrics
 
 
 def _smooth_images(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

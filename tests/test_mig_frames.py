@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config, write_tiny_mnist
 
-from mipae_jax import disentanglement, evaluate, mig_frames, reproduce
 from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
+from mipae_jax.evaluation import disentanglement, evaluate, mig_frames
+from mipae_jax.experiments import reproduce
 
 NUM_FRAMES = 2_000
 # A synthetic MPI3D file of the real layout: 72 content combinations (24 of

@@ -10,16 +10,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mipae_jax import (
-  config_fields,
-  evaluate,
-  paper,
-  report,
-  reproduce,
-  train,
-  train_lstm,
-)
+from mipae_jax import config_fields, train, train_lstm
 from mipae_jax.configs import base, mipae_dsprites
+from mipae_jax.evaluation import evaluate
+from mipae_jax.experiments import paper, report, reproduce
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

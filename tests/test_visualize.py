@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mipae_jax import visualize
+from mipae_jax.evaluation import visualize
 
 
 def _run_metrics(method="mipae", run="run", num_future=3, dataset="moving_dsprites"):

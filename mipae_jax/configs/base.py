@@ -11,7 +11,7 @@ the paper's in every variant:
   reduced   the `python -m mipae_jax.main --mode=reproduce` runs: same
             data, batch 16, 6,000 main and 1,200 LSTM steps, 500 test
             sequences, MIG on 20k frames, LPIPS alex only (about 1.5 hours
-            for both methods on a 2-core CPU; mipae_jax/paper.py,
+            for both methods on a 2-core CPU; mipae_jax/experiments/paper.py,
             REDUCED_RATIONALE).
   smoke     the quickstart (`--mode=reproduce`, about 10 minutes for both
             methods on a 2-core CPU): the small embedded dataset's fresh
@@ -165,7 +165,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.num_sequences = -1
   # Single frames with known factors used for MIG (eq. 8); reference 100k.
   config.eval.num_mig_frames = 100_000
-  # Which frames MIG scores (mipae_jax/mig_frames.py): "per_object" (static
+  # Which frames MIG scores (mipae_jax/evaluation/mig_frames.py): "per_object" (static
   # frames on a support of each object's own factor rows, crossed between
   # objects: an oracle scores >= 0.9, an oracle of one object of two about
   # 0.5), "joint" (a support of joint rows: blind to a model that encodes one
@@ -215,7 +215,7 @@ def apply_long_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def apply_reduced(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The reproduction's reduced scale (mipae_jax/paper.py, REDUCED_RATIONALE):
+  """The reproduction's reduced scale (mipae_jax/experiments/paper.py, REDUCED_RATIONALE):
   same data, batch 16, 6,000 main and 1,200 LSTM steps, a shorter evaluation."""
   _schedule(config, batch=16, steps=6_000, log=100, image=3_000, checkpoint=500)
   _schedule(config.lstm, batch=16, steps=1_200, log=100, image=1_200, checkpoint=300)

@@ -15,7 +15,7 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from mipae_jax import disentanglement, paper, visualize
+from mipae_jax.evaluation import disentanglement, visualize
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -25,7 +25,11 @@ SWAP_CONTENT_ROWS = 6
 SWAP_POSE_COLUMNS = 8
 STRIP_SEQUENCES = 4
 # TensorBoard tag of each Table I term.
-MIG_TAGS = {**paper.MIG_TERMS, "oracle_MIG": "oracle_MIG", "swapped_MIG": "swapped_MIG"}
+MIG_TAGS = {
+  **disentanglement.MIG_TERMS,
+  "oracle_MIG": "oracle_MIG",
+  "swapped_MIG": "swapped_MIG",
+}
 
 
 def mig_tags(mig: dict[str, Any]) -> dict[str, str]:

@@ -2,19 +2,11 @@
 the reproduction's report share: the terms of MIG (eq. 8), Table I, which way
 each metric is better, and why the reduced scale is what it is."""
 
+from mipae_jax.evaluation import disentanglement
 from mipae_jax.registry import METHODS  # noqa: F401  (the tables' row order)
 
-# Every term of eq. 8 that disentanglement.mig returns, in the order of the tables'
-# columns -> its ASCII name (TensorBoard tag).
-MIG_TERMS = {
-  "I(f_c,z_c)": "I_fc_zc",
-  "I(f_c,z_p)": "I_fc_zp",
-  "I(f_p,z_c)": "I_fp_zc",
-  "I(f_p,z_p)": "I_fp_zp",
-  "H(f_c)": "H_fc",
-  "H(f_p)": "H_fp",
-  "MIG": "MIG",
-}
+# Every term of eq. 8 that disentanglement.mig returns -> its TensorBoard tag.
+MIG_TERMS = disentanglement.MIG_TERMS
 # The columns of Table I: the four mutual informations, then MIG.
 TABLE_I_TERMS = tuple(term for term in MIG_TERMS if not term.startswith("H("))
 

@@ -31,16 +31,13 @@ from jax.experimental import multihost_utils
 from mipae_jax import (
   autoencoder,
   config_validation,
-  disentanglement,
-  eval_outputs,
   input_pipeline,
-  metrics,
-  mig_frames,
   predict,
   restore,
   sharding,
 )
-from mipae_jax.eval_outputs import (
+from mipae_jax.evaluation import disentanglement, eval_outputs, metrics, mig_frames
+from mipae_jax.evaluation.eval_outputs import (
   MIG_TAGS,
   STRIP_SEQUENCES,
   SWAP_CONTENT_ROWS,

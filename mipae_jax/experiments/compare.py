@@ -22,7 +22,8 @@ from typing import Any
 
 from etils import epath
 
-from mipae_jax import disentanglement, paper, visualize
+from mipae_jax.evaluation import disentanglement, visualize
+from mipae_jax.experiments import paper
 
 TABLE_FRAMES = (1, 10, 30)
 FRAME_METRICS = {

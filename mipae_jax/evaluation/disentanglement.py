@@ -12,7 +12,19 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
-from mipae_jax import knn_mi
+from mipae_jax.evaluation import knn_mi
+
+# Every term of eq. 8 that `mig` returns, in the order of the tables'
+# columns -> its ASCII name (TensorBoard tag).
+MIG_TERMS = {
+  "I(f_c,z_c)": "I_fc_zc",
+  "I(f_c,z_p)": "I_fc_zp",
+  "I(f_p,z_c)": "I_fp_zc",
+  "I(f_p,z_p)": "I_fp_zp",
+  "H(f_c)": "H_fc",
+  "H(f_p)": "H_fp",
+  "MIG": "MIG",
+}
 
 
 def _joint_labels(factors: Any, name: str) -> np.ndarray:

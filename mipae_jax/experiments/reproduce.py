@@ -7,7 +7,7 @@
 
 For each method, with the same data, seed and number of training frames, it
 trains the main network (DIR/<method>), then the pose LSTM, evaluates both,
-and writes DIR/report.md (mipae_jax/report.py) with its figures in
+and writes DIR/report.md (mipae_jax/experiments/report.py) with its figures in
 DIR/figures/ and the wall time of every stage in DIR/timings.json. Run the
 same command again to resume: a stage whose checkpoints reached their final
 step (or whose eval/metrics.json has the same steps and settings, and no
@@ -45,18 +45,16 @@ from etils import epath
 from mipae_jax import (
   checkpointing,
   commands,
-  compare,
   config_fields,
-  eval_outputs,
-  evaluate,
   input_pipeline,
   registry,
-  report,
   restore,
   sweeps,
   train,
   train_lstm,
 )
+from mipae_jax.evaluation import eval_outputs, evaluate
+from mipae_jax.experiments import compare, report
 from mipae_jax.registry import CONFIG_SUFFIXES, METHODS
 
 SCALES = ("paper", "reduced", "smoke", "tiny")

@@ -36,16 +36,8 @@ from matplotlib.backends import backend_agg
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from mipae_jax import (
-  autoencoder,
-  checkpointing,
-  eval_outputs,
-  evaluate,
-  input_pipeline,
-  restore,
-  sharding,
-  visualize,
-)
+from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, sharding
+from mipae_jax.evaluation import eval_outputs, evaluate, visualize
 
 CURVES_DIR = "curves"
 SCORES_FILE = "scores.jsonl"

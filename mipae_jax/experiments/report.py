@@ -18,14 +18,9 @@ from typing import Any, NamedTuple
 import ml_collections
 from etils import epath
 
-from mipae_jax import (
-  compare,
-  eval_outputs,
-  paper,
-  registry,
-  sweeps,
-  visualize,
-)
+from mipae_jax import registry, sweeps
+from mipae_jax.evaluation import eval_outputs, visualize
+from mipae_jax.experiments import compare, paper
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
