@@ -88,6 +88,20 @@ def check_writable(workdir: str) -> None:
     ) from e
 
 
+def check_workdir(workdir: str) -> None:
+  """The check every mode makes of --workdir before it starts: a path that
+  exists must be a directory this process can write to (a missing one is
+  made later, by the mode that writes into it)."""
+  if not os.path.exists(workdir):
+    return
+  if not os.path.isdir(workdir):
+    raise PermissionError(
+      f"The workdir {workdir} is not a directory (a file is there); use another "
+      "--workdir."
+    )
+  check_writable(workdir)
+
+
 def _missing_dirs(path: str) -> list[str]:
   """`path` and its ancestors that do not exist yet, deepest first."""
   missing = []

@@ -5,6 +5,7 @@ import os
 import tempfile
 from typing import Any
 
+import jax
 import ml_collections
 
 from mipae_jax.models import layers
@@ -154,4 +155,15 @@ def check_dataset(config: ml_collections.ConfigDict, info: Any) -> None:
     config.dataset.num_frames <= info.seq_len,
     f"config.dataset.num_frames={config.dataset.num_frames} exceeds the "
     f"{info.seq_len} frames per video of {config.dataset.name}/{config.dataset.builder_config}.",
+  )
+
+
+def check_batch_size(batch_size: int, mesh: Any, name: str = "batch_size") -> None:
+  """The global batch `config.<name>` splits evenly over the mesh's devices
+  and over the processes (checked before anything compiles)."""
+  num_devices, num_processes = mesh.devices.size, jax.process_count()
+  _require(
+    batch_size % num_devices == 0 and batch_size % num_processes == 0,
+    f"config.{name}={batch_size} must be divisible by the number of devices "
+    f"({num_devices}) and of processes ({num_processes}).",
   )

@@ -18,6 +18,8 @@ import bisect
 import dataclasses
 import math
 import os
+import shutil
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -192,6 +194,8 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
       "mipae_jax.input_pipeline.prepare_dataset or --mode=prepare (docs/datasets.md, 'Preparing data')."
     )
   _check_buildable(builder, dataset_config)
+  if jax.process_index() == 0:
+    remove_stale_builds(builder)
   if older and jax.process_index() == 0:
     logging.warning(
       "%s/%s: building version %s%s.",
@@ -214,6 +218,39 @@ def prepare_dataset(dataset_config) -> tfds.core.DatasetBuilder:
     file_format="array_record", download_config=download_config
   )
   return get_builder(dataset_config)
+
+
+# A build folder untouched this long belongs to a killed prepare, not a live one.
+STALE_BUILD_S = 600.0
+
+
+def remove_stale_builds(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Removes the `incomplete.*` folders a killed prepare left beside
+  `builder`'s data (none of their files written for STALE_BUILD_S), naming
+  each in a warning; names and keeps a recent one (another prepare may be
+  writing it). Returns the removed paths."""
+  config_dir = epath.Path(builder.data_dir).parent
+  if not config_dir.exists():
+    return []
+  removed = []
+  for folder in sorted(config_dir.glob("incomplete.*")):
+    newest = max(
+      os.stat(os.path.join(directory, name)).st_mtime
+      for directory, dirs, files in os.walk(os.fspath(folder))
+      for name in (".", *dirs, *files)
+    )
+    age = time.time() - newest
+    if age < STALE_BUILD_S:
+      logging.warning(
+        "Leaving %s: written %.0f s ago, another prepare may be building it.",
+        folder,
+        age,
+      )
+      continue
+    logging.warning("Removing %s, left by a prepare that was stopped.", folder)
+    shutil.rmtree(os.fspath(folder))
+    removed.append(str(folder))
+  return removed
 
 
 def older_prepared_versions(builder: tfds.core.DatasetBuilder) -> list[str]:

@@ -104,10 +104,30 @@ def _config_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
   return spec, fields
 
 
+def config_file_error(spec: str) -> str | None:
+  """One line on a --config file that cannot load (missing, not a file, or
+  not Python: its line and error), else None."""
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    what = "is not a file" if os.path.exists(path) else "does not exist"
+    return f"config file {path} {what} (run from the repository root?)"
+  try:
+    with open(path, encoding="utf-8") as source:
+      compile(source.read(), path, "exec")
+  except SyntaxError as error:
+    return f"config file {path}, line {error.lineno}: {error.msg}"
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parser (app.run's `flags_parser`), but an unknown
-  --config.* field exits with one line naming it and the closest fields
-  instead of config_flags' bare AttributeError."""
+  """absl's flag parser (app.run's `flags_parser`), but a --config file that
+  cannot load and an unknown --config.* field exit with one line naming them
+  instead of config_flags' tracebacks."""
+  spec, _ = _config_overrides(argv[1:])
+  message = spec and config_file_error(spec)
+  if message:
+    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+    sys.exit(1)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:
@@ -201,6 +221,10 @@ def run_mode() -> Any:
     print(text)
     return text
   config = FLAGS.config
+  if mode != "prepare":
+    from mipae_jax import checkpointing
+
+    checkpointing.check_workdir(FLAGS.workdir)
   if config.distributed:
     sharding.initialize_distributed()
   logging.info(

@@ -39,6 +39,23 @@ def encode_video(
   return content, skips, poses.reshape(batch_size, num_frames, -1)
 
 
+def _decode_future(
+  networks: Networks, main: Params, content, skips, poses: jnp.ndarray
+) -> jnp.ndarray:
+  """D(z_c, z_p^t) for poses [B, T, |z_p|] and one content per video: [B, T, H, W, C]."""
+  batch_size, horizon = poses.shape[:2]
+  repeat = functools.partial(jnp.repeat, repeats=horizon, axis=0)
+  frames = autoencoder.decode(
+    networks,
+    main["params"],
+    main["batch_stats"],
+    repeat(content),
+    poses.reshape(batch_size * horizon, -1),
+    jax.tree.map(repeat, skips),
+  )
+  return frames.reshape(batch_size, horizon, *frames.shape[1:])
+
+
 def predict(
   predictor: Predictor, params: Params, context_frames: jnp.ndarray, horizon: int
 ) -> jnp.ndarray:
@@ -53,21 +70,11 @@ def predict(
       f"context_frames must be [B, C, H, W, ch], got {context_frames.shape}."
     )
   networks, main = predictor.networks, params["main"]
-  batch_size = context_frames.shape[0]
   content, skips, context_poses = encode_video(networks, main, context_frames)
   future = predictor.pose_lstm.apply(
     {"params": params["lstm"]}, content, context_poses, horizon, method=PoseLSTM.rollout
   )["future"]
-  repeat = functools.partial(jnp.repeat, repeats=horizon, axis=0)
-  frames = autoencoder.decode(
-    networks,
-    main["params"],
-    main["batch_stats"],
-    repeat(content),
-    future.reshape(batch_size * horizon, -1),
-    jax.tree.map(repeat, skips),
-  )
-  return frames.reshape(batch_size, horizon, *frames.shape[1:])
+  return _decode_future(networks, main, content, skips, future)
 
 
 def make_predict_fn(predictor: Predictor, mesh: jax.sharding.Mesh, horizon: int):
@@ -95,16 +102,9 @@ def reconstruct(
     main["batch_stats"],
     frames.reshape(batch_size * horizon, *frames.shape[2:]),
   )
-  repeat = functools.partial(jnp.repeat, repeats=horizon, axis=0)
-  decoded = autoencoder.decode(
-    networks,
-    main["params"],
-    main["batch_stats"],
-    repeat(content),
-    poses,
-    jax.tree.map(repeat, skips),
+  return _decode_future(
+    networks, main, content, skips, poses.reshape(batch_size, horizon, -1)
   )
-  return decoded.reshape(batch_size, horizon, *decoded.shape[1:])
 
 
 def make_reconstruct_fn(networks: Networks, mesh: jax.sharding.Mesh):

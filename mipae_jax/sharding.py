@@ -50,13 +50,3 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
   """Every device holds the whole array (parameters, optimiser state, RNG)."""
   return NamedSharding(mesh, PartitionSpec())
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-  """Raises a clear error when the global batch does not split evenly."""
-  num_devices = mesh.devices.size
-  if batch_size % num_devices or batch_size % jax.process_count():
-    raise ValueError(
-      f"{name}={batch_size} must be divisible by the number of devices "
-      f"({num_devices}) and of processes ({jax.process_count()})."
-    )

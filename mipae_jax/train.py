@@ -280,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   config_validation.validate(config)
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  config_validation.check_batch_size(config.batch_size, mesh)
   info = input_pipeline.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   image_shape = (info.height, info.width, info.channels)

@@ -130,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
   config_validation.validate(config)
   config_validation.validate_lstm(config)
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.lstm.batch_size, mesh, "lstm.batch_size")
+  config_validation.check_batch_size(config.lstm.batch_size, mesh, "lstm.batch_size")
   info = input_pipeline.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   num_frames = config.lstm.num_context + config.lstm.num_future

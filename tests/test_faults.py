@@ -20,6 +20,7 @@ from conftest import tiny_config
 from mipae_jax import (
   checkpointing,
   config_fields,
+  config_validation,
   input_pipeline,
   restore,
   train,
@@ -293,6 +294,62 @@ def test_an_unknown_config_field_is_named_on_the_command_line(tmp_path):
     "FATAL Flags parsing error: unknown config field 'model.critic_hiden' (did you "
     "mean 'model.critic_hidden', 'model.arch', 'model.scene_discriminator_hidden'?)"
   )
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_the_devices_cannot_split_is_a_config_error_before_compiling(
+  tmp_path, dsprites_data_dir, no_compile
+):
+  """--config.batch_size=7 on the 8 test devices: one line, nothing written."""
+  with pytest.raises(config_validation.ConfigError) as raised:
+    train.train_and_evaluate(
+      tiny_config(dsprites_data_dir, batch_size=7), str(tmp_path / "run")
+    )
+  assert _one_line(raised.value) == (
+    "Bad config: config.batch_size=7 must be divisible by the number of devices "
+    "(8) and of processes (1)."
+  )
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_every_mode_refuses_a_workdir_that_is_a_file(tmp_path):
+  """eval, train_lstm, curves and reproduce check --workdir as train does:
+  one line, exit 1, the file untouched."""
+  blocker = tmp_path / "file"
+  blocker.write_text("not a workdir")
+  for mode in ("eval", "train_lstm", "curves", "reproduce"):
+    run = _main(
+      "--config=configs/mipae_dsprites.py:tiny",
+      f"--workdir={blocker}",
+      f"--mode={mode}",
+    )
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1, (mode, stderr)
+    assert stderr.strip().splitlines()[-1] == (
+      f"PermissionError: The workdir {blocker} is not a directory (a file is "
+      "there); use another --workdir."
+    )
+    assert "Traceback" not in stderr
+  assert blocker.read_text() == "not a workdir"
+
+
+def test_a_missing_or_unparsable_config_file_is_one_line(tmp_path):
+  """The file named, and the line of a syntax error; nothing is created."""
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(arg=None):\n  return {\n")
+  for spec, last in (
+    (
+      "configs/no_such_config.py",
+      "config file configs/no_such_config.py does not exist",
+    ),
+    (f"{broken}:smoke", f"config file {broken}, line 2: "),
+    (str(tmp_path), f"config file {tmp_path} is not a file"),
+  ):
+    run = _main(f"--config={spec}", f"--workdir={tmp_path / 'run'}")
+    _, stderr = run.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"FATAL Flags parsing error: {last}")
   assert not (tmp_path / "run").exists()
 
 

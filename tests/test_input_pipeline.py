@@ -1,5 +1,7 @@
 """Tests of the grain input pipeline: global batches, determinism, state, eval, MIG frames."""
 
+import os
+import time
 import zlib
 
 import grain.python as grain
@@ -285,6 +287,34 @@ def test_data_of_an_older_builder_version_is_never_read(tmp_path, caplog):
   assert rebuilt.is_prepared() and str(rebuilt.version) == "2.0.0"
   assert "building version 2.0.0 (version 1.1.0 there is superseded" in caplog.text
   assert input_pipeline.dataset_info(config).version == "2.0.0"
+
+
+def test_a_killed_prepares_folder_is_removed_by_the_next_prepare(
+  tmp_path, caplog, monkeypatch
+):
+  config = _dataset_config(
+    tmp_path,
+    moving_dsprites.MovingDspritesConfig(
+      name="killed", seq_len=4, num_train=4, num_test=2
+    ),
+  )
+  config_dir = tmp_path / "moving_dsprites" / "killed"
+  stale = config_dir / "incomplete.ABC123_2.0.0"
+  (stale / "sub").mkdir(parents=True)
+  (stale / "sub" / "shard").write_bytes(b"half a shard")
+  live = config_dir / "incomplete.XYZ789_2.0.0"
+  live.mkdir()
+  (live / "shard").write_bytes(b"being written")
+  old = time.time() - 2 * input_pipeline.STALE_BUILD_S
+  for path in (stale, stale / "sub", stale / "sub" / "shard"):
+    os.utime(path, (old, old))
+  with caplog.at_level("WARNING"):
+    builder = input_pipeline.prepare_dataset(config)
+  assert builder.is_prepared()
+  assert not stale.exists()
+  assert live.exists()  # recent: another prepare may be writing it
+  assert f"Removing {stale}, left by a prepare that was stopped." in caplog.text
+  assert f"Leaving {live}" in caplog.text
 
 
 def test_corrupted_video_records_are_clear_errors(dataset_config):

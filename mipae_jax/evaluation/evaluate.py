@@ -506,7 +506,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config_validation.validate(config)
   validate_eval(config)
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  config_validation.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   info = input_pipeline.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   num_sequences = check_eval_data(config, info)
