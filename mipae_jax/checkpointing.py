@@ -11,6 +11,7 @@ stayed empty.
 
 import contextlib
 import json
+import logging as pylogging
 import os
 import re
 import signal
@@ -121,6 +122,24 @@ def _remove_if_empty(paths: list[str]) -> None:
       return
 
 
+class _OrbaxInfoFilter(pylogging.Filter):
+  """Drops Orbax's and TensorStore's INFO lines (dozens per save) while
+  absl's verbosity is the default; --verbosity=1 shows them again."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or "/tensorstore/" in record.pathname
+    return not (
+      noisy and record.levelno < pylogging.WARNING and logging.get_verbosity() < 1
+    )
+
+
+def quiet_orbax_info() -> None:
+  """Installs _OrbaxInfoFilter on absl's logger, once."""
+  logger = pylogging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
+
+
 def _quiet_closed_loop_errors() -> None:
   """Wraps sys.unraisablehook to drop the "Event loop is closed"
   RuntimeErrors that tensorstore callbacks raise after a failed Orbax restore
@@ -212,7 +231,9 @@ class Checkpointer:
     self.step_flag = step_flag
     self.manager = None
     self._created = _missing_dirs(str(self.directory))
+    self._saving: int | None = None
     _quiet_closed_loop_errors()
+    quiet_orbax_info()
     try:
       if writable:
         check_writable(self.workdir)
@@ -381,6 +402,10 @@ class Checkpointer:
     if data_iter is not None:
       args["data_iter"] = _iterator_args(data_iter, save=True)
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    if self._saving is not None:  # Orbax finished the previous save first.
+      logging.info("Saved step %d.", self._saving)
+    self._saving = step
+    logging.info("Saving step %d to %s.", step, self.directory)
 
   @contextlib.contextmanager
   def preemption_guard(self) -> Iterator[Callable[[int], bool]]:
@@ -413,6 +438,9 @@ class Checkpointer:
     if self.manager is not None:
       try:
         self.manager.wait_until_finished()
+        if self._saving is not None:
+          logging.info("Saved step %d.", self._saving)
+          self._saving = None
         self.manager.close()
       except Exception as e:
         if not failed:

@@ -276,9 +276,12 @@ def run_mode() -> Any:
           f"{method.upper()} evaluation (metrics.json, swap_grid.png, curves): {pictures}"
         )
     return path
-  from mipae_jax.evaluation import evaluate
+  from mipae_jax.evaluation import eval_outputs, evaluate
 
-  return evaluate.evaluate(config, FLAGS.workdir)
+  result = evaluate.evaluate(config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(eval_outputs.console_summary(result))
+  return result
 
 
 def main(argv: list[str]) -> int | None:

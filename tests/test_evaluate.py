@@ -384,3 +384,46 @@ def test_bad_dataset_fails_before_restoring(
   with pytest.raises(ValueError, match=message):
     evaluate.evaluate(_eval_config(dsprites_data_dir), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_eval_console_summary_lists_mig_its_ceilings_and_the_last_frame():
+  def curve(values):
+    return {"mean": values, "ci95": [0.0] * len(values)}
+
+  result = {
+    "method": "mipae",
+    "run": "run_a",
+    "main_step": 600,
+    "lstm_step": 200,
+    "frame_metrics": {
+      "num_sequences": 32,
+      "frames": [1, 2],
+      "objects": ["sprite0"],
+      "curves": {
+        "psnr": curve([21.5, 19.25]),
+        "ssim": curve([0.8, 0.7]),
+        "object_error_sprite0": curve([0.2, 0.4]),
+        "recon_object_error_sprite0": curve([0.1, 0.15]),
+      },
+    },
+    "mig": {
+      "MIG": 0.5123,
+      "MIG_ci95": 0.011,
+      "protocol": "per_object",
+      "oracle_MIG": 1.0,
+      "swapped_MIG": -1.0,
+      "one_object_MIG": 0.46,
+      "objects": ["sprite0"],
+      "content_captured[sprite0]": 0.91,
+      "pose_captured[sprite0]": 0.88,
+    },
+    "files": {"csv": "/w/eval/frame_metrics.csv"},
+  }
+  lines = eval_outputs.console_summary(result).splitlines()
+  assert lines[1] == (
+    "MIG 0.5123 ± 0.0110 (per_object; oracle 1.000, swapped -1.000, one object 0.460)"
+  )
+  assert "content 0.91, pose 0.88" in lines[2]
+  assert lines[3] == "At predicted frame 2: psnr 19.2500, ssim 0.7000"
+  assert "0.400 predicted, 0.150 with true poses" in lines[4]
+  assert lines[-1].startswith("Files: /w/eval (metrics.json")

@@ -1,5 +1,6 @@
 """The training loop: exact resume, preemption, NaN guard, bad checkpoints."""
 
+import logging
 import os
 import signal
 
@@ -158,6 +159,26 @@ def test_checkpoints_of_another_dataset_version_are_refused(dsprites_data_dir):
   assert checkpointing._mismatch(unversioned, wanted) == {
     "dataset_version": (None, "2.0.0")
   }
+
+
+def test_a_save_logs_one_line_of_ours_and_none_of_orbaxs(tmp_path, caplog):
+  info = type("Info", (), {"height": 64, "width": 64, "channels": 3, "version": ""})
+  state = {"w": np.arange(6.0).reshape(2, 3)}
+  with caplog.at_level("INFO", logger="absl"):
+    checkpoints = checkpointing.Checkpointer(
+      str(tmp_path), tiny_config(tmp_path), info, writable=True
+    )
+    checkpoints.save(1, state)
+    checkpoints.save(2, state)
+    checkpoints.close()
+  ours = [r.getMessage() for r in caplog.records if "mipae_jax" in r.pathname]
+  assert [m for m in ours if m.startswith("Saved step")] == [
+    "Saved step 1.",
+    "Saved step 2.",
+  ]
+  orbax = [r for r in caplog.records if "/orbax/" in r.pathname]
+  assert all(r.levelno >= logging.WARNING for r in orbax), orbax[:3]
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):

@@ -163,6 +163,55 @@ def write_outputs(
   return files
 
 
+def console_summary(result: dict[str, Any]) -> str:
+  """The few lines `--mode=eval` ends with: MIG beside its ceilings, each
+  object's captured shares and channel error, PSNR / SSIM / LPIPS at the
+  last predicted frame, and where the files are."""
+  frame_metrics = result["frame_metrics"]
+  last = frame_metrics["frames"][-1]
+  lines = [
+    f"{result['method'].upper()} {result['run']}: main network step "
+    f"{result['main_step']}, pose LSTM step {result['lstm_step']}, "
+    f"{frame_metrics['num_sequences']} test sequences."
+  ]
+  mig = result.get("mig")
+  if mig:
+    ceilings = f"oracle {mig['oracle_MIG']:.3f}, swapped {mig['swapped_MIG']:.3f}"
+    if mig.get("one_object_MIG") is not None:
+      ceilings += f", one object {mig['one_object_MIG']:.3f}"
+    lines.append(
+      f"MIG {mig['MIG']:.4f} ± {mig['MIG_ci95'] or 0:.4f} ({mig['protocol']}; "
+      f"{ceilings})"
+    )
+    for name in mig.get("objects", []):
+      shares = [
+        f"{group} {mig[disentanglement.captured_term(group, name)]:.2f}"
+        for group in ("content", "pose")
+      ]
+      lines.append(f"  {name}: captured share of its {', '.join(shares)}")
+  curves = frame_metrics["curves"]
+  scores = [
+    f"{name} {curves[name]['mean'][-1]:.4f}"
+    for name in ("psnr", "ssim", "lpips_alex", "lpips_vgg")
+    if name in curves
+  ]
+  lines.append(f"At predicted frame {last}: {', '.join(scores)}")
+  for name in frame_metrics.get("objects", []):
+    predicted = curves[f"object_error_{name}"]["mean"][-1]
+    reconstructed = curves[f"recon_object_error_{name}"]["mean"][-1]
+    lines.append(
+      f"  {name} error / all-black: {predicted:.3f} predicted, "
+      f"{reconstructed:.3f} with true poses (1: not drawn)"
+    )
+  files = result.get("files") or {}
+  if files:
+    lines.append(
+      f"Files: {os.path.dirname(files['csv'])} (metrics.json, "
+      "frame_metrics.csv, swap_grid.png, predictions.png, curves_*.png)"
+    )
+  return "\n".join(lines)
+
+
 def write_metrics(result: dict[str, Any], workdir: str) -> None:
   """workdir/eval/metrics.json: `result`, already json_ready, indented."""
   (epath.Path(workdir) / EVAL_DIR / METRICS_FILE).write_text(
