@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from mipae_jax import restore
 from mipae_jax.evaluation import learning_curves
 
 
@@ -46,3 +47,27 @@ def test_curves_score_every_checkpoint_once_and_plot(
   assert [json.loads(line)["step"] for line in lines] == steps
   plot = learning_curves.plot_learning_curves([str(workdir)], str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").stat().st_size > 10_000 and plot.endswith("c.png")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_goes_while_curves_score_is_skipped(
+  tmp_path, trained_workdir, dsprites_data_dir, monkeypatch, caplog
+):
+  """Curves beside a live run whose rotation deletes step 2 mid-scoring."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  real_load = restore.load_main_network
+
+  def rotating_load(config, workdir_, info, step):
+    if step == 2:
+      shutil.rmtree(workdir / "checkpoints" / "2")
+    return real_load(config, workdir_, info, step=step)
+
+  monkeypatch.setattr(restore, "load_main_network", rotating_load)
+  with caplog.at_level("WARNING"):
+    scores = learning_curves.score_checkpoints(
+      tiny_config(dsprites_data_dir), str(workdir), num_videos=8, num_frames=3
+    )
+  assert [s["step"] for s in scores] == [4]
+  assert "The checkpoint of step 2 went while it was being scored" in caplog.text
+  assert "run --mode=curves again" in caplog.text

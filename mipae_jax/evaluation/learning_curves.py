@@ -114,8 +114,20 @@ def score_checkpoints(
     return sorted(scores, key=lambda s: s["step"])
   video = _test_videos(config, mesh, num_videos, num_frames)
   reconstruct = swap_decode = encode = None
+  vanished = []
   for step in steps:
-    networks, main, _ = restore.load_main_network(config, workdir, info, step=step)
+    try:
+      networks, main, _ = restore.load_main_network(config, workdir, info, step=step)
+    except checkpointing.CheckpointError:
+      if (epath.Path(workdir) / "checkpoints" / str(step)).exists():
+        raise
+      logging.warning(
+        "The checkpoint of step %d went while it was being scored (the run is "
+        "still training and rotating its checkpoints): skipped.",
+        step,
+      )
+      vanished.append(step)
+      continue
     if reconstruct is None:  # jitted once: every step has the same networks
       reconstruct = jax.jit(functools.partial(_reconstruct, networks))
       swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
@@ -142,6 +154,13 @@ def score_checkpoints(
     with path.open("a") as f:
       f.write(json.dumps(eval_outputs.json_ready(row)) + "\n")
     scores.append(row)
+  if vanished:
+    logging.warning(
+      "%s is still being written: %d checkpoint(s) went before they were "
+      "scored; run --mode=curves again to score the ones it keeps.",
+      workdir,
+      len(vanished),
+    )
   return sorted(scores, key=lambda s: s["step"])
 
 
