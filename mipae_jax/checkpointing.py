@@ -10,11 +10,13 @@ stayed empty.
 """
 
 import contextlib
+import fcntl
 import json
 import logging as pylogging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -101,6 +103,51 @@ def check_workdir(workdir: str) -> None:
       "--workdir."
     )
   check_writable(workdir)
+
+
+LOCK_FILE = ".writer.lock"
+
+
+class WorkdirInUseError(PermissionError):
+  """Another training process writes into this workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on WORKDIR/.writer.lock, held by the one process that
+  trains into the workdir: the file names its host and pid while it is held
+  and is removed on release. The kernel releases the lock on every exit
+  (kill -9 included), so a lock left behind is never stale."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    while True:
+      self._file = open(self.path, "a+")  # noqa: SIM115 (held until release)
+      try:
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        self._file.seek(0)
+        holder = self._file.read().strip() or "a process starting up"
+        self._file.close()
+        raise WorkdirInUseError(
+          f"The workdir {workdir} is in use by another training process "
+          f"({holder}); wait for it to end or use another --workdir."
+        ) from None
+      try:  # The holder before us may have removed the file we locked.
+        if os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino:
+          break
+      except FileNotFoundError:
+        pass
+      self._file.close()
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
+    self._file.flush()
+
+  def release(self) -> None:
+    if not self._file.closed:
+      os.remove(self.path)
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
 
 
 def _missing_dirs(path: str) -> list[str]:
@@ -230,6 +277,7 @@ class Checkpointer:
     self.restore_step = restore_step
     self.step_flag = step_flag
     self.manager = None
+    self._lock = None
     self._created = _missing_dirs(str(self.directory))
     self._saving: int | None = None
     _quiet_closed_loop_errors()
@@ -237,6 +285,8 @@ class Checkpointer:
     try:
       if writable:
         check_writable(self.workdir)
+        if jax.process_index() == 0:
+          self._lock = WorkdirLock(self.workdir)
       options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or config.keep_checkpoints, create=True
       )
@@ -447,4 +497,7 @@ class Checkpointer:
           raise
         logging.error("Pending checkpoint save failed: %s: %s", type(e).__name__, e)
       self.manager = None
+    if self._lock is not None:
+      self._lock.release()
+      self._lock = None
     _remove_if_empty(self._created)

@@ -333,6 +333,47 @@ def test_every_mode_refuses_a_workdir_that_is_a_file(tmp_path):
   assert blocker.read_text() == "not a workdir"
 
 
+def test_one_training_process_per_workdir(workdir, dsprites_data_dir, no_compile):
+  """A second writer exits at once with one line naming the first; the lock
+  goes with its holder, and checkpoints are untouched."""
+  before = _hashes(workdir / "checkpoints")
+  holder = checkpointing.WorkdirLock(str(workdir))
+  try:
+    with pytest.raises(checkpointing.WorkdirInUseError) as raised:
+      train.train_and_evaluate(tiny_config(dsprites_data_dir), str(workdir))
+    message = _one_line(raised.value)
+    assert message.startswith(f"The workdir {workdir} is in use by another")
+    assert f"pid {os.getpid()}" in message
+    assert isinstance(raised.value, PermissionError)  # one line on the CLI
+  finally:
+    holder.release()
+  assert not (workdir / checkpointing.LOCK_FILE).exists()
+  assert _hashes(workdir / "checkpoints") == before
+  # Free again: the next writer takes it (and gives it back on its way out).
+  checkpointing.WorkdirLock(str(workdir)).release()
+
+
+def test_a_killed_writers_lock_does_not_block_the_next(tmp_path):
+  run = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from mipae_jax import checkpointing; "
+      f"lock = checkpointing.WorkdirLock({str(tmp_path)!r}); print('held', flush=True); "
+      "time.sleep(60)",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert run.stdout.readline().strip() == "held"
+  with pytest.raises(checkpointing.WorkdirInUseError, match=f"pid {run.pid}"):
+    checkpointing.WorkdirLock(str(tmp_path))
+  run.send_signal(signal.SIGKILL)
+  run.wait(timeout=30)
+  checkpointing.WorkdirLock(str(tmp_path)).release()
+
+
 def test_a_missing_or_unparsable_config_file_is_one_line(tmp_path):
   """The file named, and the line of a syntax error; nothing is created."""
   broken = tmp_path / "broken.py"
