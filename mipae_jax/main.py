@@ -323,28 +323,39 @@ def _unparse() -> None:
 
 
 def _one_line_errors(argv: list[str]) -> int | None:
-  """main(argv), but an error of ours (bad config, corrupt data or checkpoint,
-  unwritable workdir) ends the output as its one line: printed after every
-  log line, then the process exits 1 at once, before Orbax's and
-  tensorstore's background threads can print their own failures after it.
+  """main(argv), but every error ends the output as its one line: printed
+  after every log line, then the process exits 1 at once, before Orbax's
+  and tensorstore's background threads (or the interpreter's shutdown) can
+  print their own failures after it. Errors of ours (bad config, corrupt
+  data or checkpoint, unwritable or busy workdir) are their message; any
+  other is its type and first line, its traceback only with --verbosity=1.
   Open checkpoint managers were already closed by main's finally blocks."""
   from mipae_jax import checkpointing, input_pipeline
 
-  try:
-    return main(argv)
-  except (
+  ours = (
     checkpointing.CheckpointError,
     config_validation.ConfigError,
     input_pipeline.CorruptDataError,
     PermissionError,
     FloatingPointError,
-  ) as error:
+  )
+  try:
+    return main(argv)
+  except (app.UsageError, KeyboardInterrupt):
+    raise
+  except Exception as error:  # noqa: BLE001 (every error ends as one line)
+    if not isinstance(error, ours):
+      # Not ours (an OSError, an Orbax or TensorStore error): its traceback
+      # goes to the log at --verbosity=1, its first line ends the output.
+      if logging.get_verbosity() >= 1:
+        logging.exception("The error:")
     logging.flush()
     sys.stdout.flush()
     name = f"{type(error).__module__}.{type(error).__qualname__}"
     name = name.removeprefix("builtins.")
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    print(f"{name}: {first}", file=sys.stderr, flush=True)
+    hint = "" if isinstance(error, ours) else " (--verbosity=1 shows the traceback)"
+    print(f"{name}: {first}{hint}", file=sys.stderr, flush=True)
     os._exit(1)
 
 

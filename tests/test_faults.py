@@ -374,6 +374,25 @@ def test_a_killed_writers_lock_does_not_block_the_next(tmp_path):
   checkpointing.WorkdirLock(str(tmp_path)).release()
 
 
+def test_an_error_that_is_not_ours_is_one_line_with_its_traceback_on_demand(
+  tmp_path,
+):
+  """compare of an unevaluated workdir raises FileNotFoundError: one line
+  last, no traceback; --verbosity=1 adds the traceback before it."""
+  missing = tmp_path / "never_evaluated"
+  for verbosity, traceback in ((0, False), (1, True)):
+    run = _main("--mode=compare", f"--workdirs={missing}", f"--verbosity={verbosity}")
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(
+      f"FileNotFoundError: {missing}/eval/metrics.json does not exist"
+    )
+    assert last.endswith("(--verbosity=1 shows the traceback)")
+    assert ("Traceback" in stderr) == traceback
+    assert "sys.meta_path is None" not in stderr
+
+
 def test_a_missing_or_unparsable_config_file_is_one_line(tmp_path):
   """The file named, and the line of a syntax error; nothing is created."""
   broken = tmp_path / "broken.py"
