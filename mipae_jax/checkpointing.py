@@ -15,6 +15,7 @@ import json
 import logging as pylogging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -279,7 +280,6 @@ class Checkpointer:
     self.manager = None
     self._lock = None
     self._created = _missing_dirs(str(self.directory))
-    self._saving: int | None = None
     _quiet_closed_loop_errors()
     quiet_orbax_info()
     try:
@@ -307,6 +307,24 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close(failed=exc_info[0] is not None)
+
+  def _failed_save(self, step: int, error: BaseException) -> "CheckpointError":
+    """The one-line error of a save that failed, once its temporary folder is
+    removed: where, why, the free space, and the last good step."""
+    for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(os.fspath(partial), ignore_errors=True)
+    good = [s for s in self.manager.all_steps(read=True) if s != step]
+    last = f"step {max(good)}" if good else "none yet"
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    try:
+      free = f"; {shutil.disk_usage(self.directory).free / 2**20:.0f} MiB free there"
+    except OSError:
+      free = ""
+    return CheckpointError(
+      f"Saving step {step} to {self.directory} failed ({type(error).__name__}: "
+      f"{reason}{free}); the last good checkpoint ({last}) is intact: free space "
+      "and rerun the same command to resume."
+    )
 
   def corrupt(self, step: int, error: BaseException) -> "CheckpointError":
     """The one-line error of an unreadable `step`, with the step to resume
@@ -451,11 +469,15 @@ class Checkpointer:
     }
     if data_iter is not None:
       args["data_iter"] = _iterator_args(data_iter, save=True)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-    if self._saving is not None:  # Orbax finished the previous save first.
-      logging.info("Saved step %d.", self._saving)
-    self._saving = step
     logging.info("Saving step %d to %s.", step, self.directory)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+      # Finished before training goes on, so a failed save stops training
+      # at its own step (a full disk, a vanished directory).
+      self.manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001 (re-raised as one line)
+      raise self._failed_save(step, error) from error
+    logging.info("Saved step %d.", step)
 
   @contextlib.contextmanager
   def preemption_guard(self) -> Iterator[Callable[[int], bool]]:
@@ -488,9 +510,6 @@ class Checkpointer:
     if self.manager is not None:
       try:
         self.manager.wait_until_finished()
-        if self._saving is not None:
-          logging.info("Saved step %d.", self._saving)
-          self._saving = None
         self.manager.close()
       except Exception as e:
         if not failed:

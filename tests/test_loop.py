@@ -181,6 +181,46 @@ def test_a_save_logs_one_line_of_ours_and_none_of_orbaxs(tmp_path, caplog):
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
 
 
+def test_a_save_that_fails_is_one_line_and_leaves_no_temporary_folder(
+  tmp_path, monkeypatch
+):
+  """A full disk during a save (Orbax's error injected once the temporary
+  folder exists): one line naming the folder, the cause, the free space and
+  the last good step; the temporary folder goes; step 1 stays intact."""
+  info = type("Info", (), {"height": 64, "width": 64, "channels": 3, "version": ""})
+  state = {"w": np.arange(6.0).reshape(2, 3)}
+  checkpoints = checkpointing.Checkpointer(
+    str(tmp_path), tiny_config(tmp_path), info, writable=True
+  )
+  checkpoints.save(1, state)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  real_save = checkpoints.manager.save
+
+  def full_disk(step, *args, **kwargs):
+    (tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp-123").mkdir()
+    raise ValueError("RESOURCE_EXHAUSTED: No space left on device [OS error 28]")
+
+  monkeypatch.setattr(checkpoints.manager, "save", full_disk)
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    checkpoints.save(2, state)
+  message = str(raised.value)
+  assert "\n" not in message
+  assert message.startswith(
+    f"Saving step 2 to {tmp_path / 'checkpoints'} failed (ValueError: "
+    "RESOURCE_EXHAUSTED: No space left on device"
+  )
+  assert "MiB free there" in message
+  assert message.endswith(
+    "the last good checkpoint (step 1) is intact: free space and rerun the same "
+    "command to resume."
+  )
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+  monkeypatch.setattr(checkpoints.manager, "save", real_save)
+  checkpoints.save(2, state)  # Space is back: the next save works.
+  checkpoints.close()
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir, num_train_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
