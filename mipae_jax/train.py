@@ -259,9 +259,11 @@ def make_image_hook(networks: Networks) -> Callable[..., None]:
     writer.write_images(
       step,
       {
-        "train_swap_grid": visualize.swap_grid_image(content_frames, pose_frames, grid)[
-          None
-        ],
+        "train_swap_grid": visualize.labelled(
+          visualize.swap_grid_image(content_frames, pose_frames, grid),
+          f"step {step}: swap grid (training videos)",
+          *visualize.SWAP_GRID_LABELS,
+        )[None],
         "train_reconstructions": visualize.tile(reconstructions)[None],
       },
     )

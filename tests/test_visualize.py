@@ -90,3 +90,16 @@ def test_plot_curves_writes_one_png_per_metric_and_dataset(tmp_path):
   assert image.shape[0] > 200 and image.shape[1] > 300
   # Not a blank canvas: the curves and labels are drawn.
   assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10
+
+
+def test_labelled_pictures_hold_the_image_under_a_title_and_labels():
+  image = np.zeros((20, 30, 3), np.float32)
+  image[..., 0] = 1.0  # all red
+  out = visualize.labelled(image, "MIPAE run, step 4: swap grid", "columns", "rows")
+  assert out.dtype == np.uint8 and out.shape[0] > 40 and out.shape[1] > 60
+  red = (out[..., 0] > 200) & (out[..., 1] < 60) & (out[..., 2] < 60)
+  # The image, at twice its size, and white margins that hold the text.
+  assert 0.8 * 40 * 60 <= red.sum() <= 1.1 * 40 * 60
+  assert (out[:10] > 200).all(axis=-1).mean() > 0.5
+  dark = (out[:40] < 100).all(axis=-1)
+  assert dark.any()  # the title's glyphs above the image

@@ -96,8 +96,10 @@ def pictures(
   videos: np.ndarray,
   predicted: np.ndarray,
   num_context: int,
+  title: str = "",
 ) -> dict[str, np.ndarray]:
-  """The swap grid (Figs. 3, 4, 6) and the prediction strips, as [H, W, 3].
+  """The swap grid (Figs. 3, 4, 6) and the prediction strips, as labelled
+  [H, W, 3] pictures whose titles start with `title` (run and step).
 
   Args:
     swap_decode: autoencoder.swap_decode of the networks, jitted once per
@@ -117,12 +119,16 @@ def pictures(
   # One device's copy of the replicated variables: process 0 renders alone.
   local = jax.tree.map(lambda x: x.addressable_data(0), main)
   grid = swap_decode(local["params"], local["batch_stats"], content_frames, pose_frames)
+  grid_image = visualize.swap_grid_image(content_frames, pose_frames, np.asarray(grid))
+  strips = visualize.prediction_strips(videos[: len(predicted)], predicted, num_context)
   return {
-    "swap_grid": visualize.swap_grid_image(
-      content_frames, pose_frames, np.asarray(grid)
+    "swap_grid": visualize.labelled(
+      grid_image, f"{title}: swap grid", *visualize.SWAP_GRID_LABELS
     ),
-    "predictions": visualize.prediction_strips(
-      videos[: len(predicted)], predicted, num_context
+    "predictions": visualize.labelled(
+      strips,
+      f"{title}: {num_context} context + {predicted.shape[1]} predicted frames",
+      *visualize.STRIP_LABELS,
     ),
   }
 

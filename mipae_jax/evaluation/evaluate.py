@@ -594,7 +594,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Jitted once for this evaluation's networks.
     swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
     pictures = eval_outputs.pictures(
-      swap_decode, main, frames.videos, frames.predicted, num_context
+      swap_decode,
+      main,
+      frames.videos,
+      frames.predicted,
+      num_context,
+      f"{config.method.upper()} {result['run']}, step {main_step}",
     )
     result["files"] = eval_outputs.write_outputs(result, pictures, workdir)
     timing["pictures_s"] = time.monotonic() - pictures_start

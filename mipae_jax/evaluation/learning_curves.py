@@ -140,7 +140,12 @@ def score_checkpoints(
     grid = np.asarray(
       swap_decode(main["params"], main["batch_stats"], video[:4, 0], video[0, :8])
     )
-    image = visualize.swap_grid_image(video[:4, 0], video[0, :8], grid)
+    image = visualize.labelled(
+      visualize.swap_grid_image(video[:4, 0], video[0, :8], grid),
+      f"{config.method.upper()} {os.path.basename(os.path.normpath(workdir))}, "
+      f"step {step}: swap grid",
+      *visualize.SWAP_GRID_LABELS,
+    )
     (out_dir / f"swap_grid_{step:07d}.png").write_bytes(visualize.encode_png(image))
     logging.info(
       "Step %d: MIG %.4f ± %.4f (oracle %.4f, one object %s), recon %.5f.",

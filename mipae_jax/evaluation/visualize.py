@@ -106,6 +106,40 @@ def prediction_strips(
   return tile(rows.reshape(-1, *truth.shape[1:]))
 
 
+SWAP_GRID_LABELS = (
+  "pose: each column decodes the pose of the green frame on top",
+  "content: each row the content of the red frame",
+)
+STRIP_LABELS = (
+  "frames: green-framed context, then the predicted frames",
+  "each sequence: ground truth, then prediction",
+)
+
+
+def labelled(image: np.ndarray, title: str, xlabel: str, ylabel: str) -> np.ndarray:
+  """`image` [H, W, 3] drawn at twice its size under `title`, with axis
+  labels, so the picture says what its rows and columns are. uint8."""
+  scale, dpi = 2, 100
+  left, right, bottom, top = 30, 10, 30, 40  # margins, pixels
+  height, width = (scale * n for n in image.shape[:2])
+  full_width, full_height = width + left + right, height + bottom + top
+  figure = matplotlib.figure.Figure(
+    figsize=(full_width / dpi, full_height / dpi), dpi=dpi
+  )
+  canvas = backend_agg.FigureCanvasAgg(figure)
+  axis = figure.add_axes(
+    (left / full_width, bottom / full_height, width / full_width, height / full_height)
+  )
+  axis.imshow(image if image.dtype == np.uint8 else np.clip(image, 0.0, 1.0))
+  axis.set_xticks([])
+  axis.set_yticks([])
+  axis.set_xlabel(xlabel, fontsize=8)
+  axis.set_ylabel(ylabel, fontsize=8)
+  axis.set_title(title, fontsize=9)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def encode_png(image: np.ndarray) -> bytes:
   """An [H, W, 3] picture in [0, 1] (or uint8) as PNG bytes."""
   image = np.asarray(image)
