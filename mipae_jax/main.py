@@ -265,16 +265,19 @@ def run_mode() -> Any:
     except reproduce.StageIncomplete as error:
       logging.warning("%s", error)
       return checkpointing.PREEMPTED_EXIT_CODE
+    from mipae_jax.evaluation import eval_outputs
+    from mipae_jax.experiments import compare
+
+    for method in FLAGS.methods:
+      try:
+        metrics = compare.load_metrics(os.path.join(FLAGS.workdir, method))
+      except FileNotFoundError:
+        continue
+      print(eval_outputs.console_summary(metrics))
     print(f"Report: {path}")
     figures = os.path.join(os.path.dirname(path), "figures")
     if os.path.isdir(figures):
       print(f"Pictures: {figures}")
-    for method in FLAGS.methods:
-      pictures = os.path.join(FLAGS.workdir, method, "eval")
-      if os.path.isdir(pictures):
-        print(
-          f"{method.upper()} evaluation (metrics.json, swap_grid.png, curves): {pictures}"
-        )
     return path
   from mipae_jax.evaluation import eval_outputs, evaluate
 
