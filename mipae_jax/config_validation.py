@@ -16,6 +16,11 @@ RECON_TARGETS = ("offset", "same")
 MARGINAL_PAIRS = ("permutation", "derangement")
 CONV_IMPLS = layers.IMPLS
 DTYPES = ("float32", "bfloat16")
+LPIPS_NETS = ("alex", "vgg")
+# MIG's frames (evaluation/mig_frames.py): the static protocols, then frames
+# of test videos.
+STATIC_MIG_PROTOCOLS = ("per_object", "joint", "reference")
+MIG_PROTOCOLS = (*STATIC_MIG_PROTOCOLS, "video_frames")
 
 
 class ConfigError(ValueError):
@@ -166,4 +171,90 @@ def check_batch_size(batch_size: int, mesh: Any, name: str = "batch_size") -> No
     batch_size % num_devices == 0 and batch_size % num_processes == 0,
     f"config.{name}={batch_size} must be divisible by the number of devices "
     f"({num_devices}) and of processes ({num_processes}).",
+  )
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks the `config.eval` fields, each failure naming the field."""
+  ev = config.eval
+
+  for field in ("num_context", "num_future", "batch_size"):
+    value = ev[field]
+    _require(
+      isinstance(value, int) and value > 0,
+      f"config.eval.{field}={value!r} must be a positive integer.",
+    )
+  _require(
+    ev.num_sequences == -1 or ev.num_sequences > 0,
+    f"config.eval.num_sequences={ev.num_sequences} must be -1 (all) or positive.",
+  )
+  _require(
+    ev.num_mig_frames >= 0,
+    f"config.eval.num_mig_frames={ev.num_mig_frames} must be >= 0 (0 skips MIG).",
+  )
+  _require(
+    isinstance(ev.mig_folds, int)
+    and ev.mig_folds >= 1
+    and (not ev.num_mig_frames or ev.num_mig_frames // ev.mig_folds >= 16),
+    f"config.eval.mig_folds={ev.mig_folds!r} must be an integer >= 1 with at "
+    f"least 16 of the {ev.num_mig_frames} MIG frames per set.",
+  )
+  protocols = MIG_PROTOCOLS
+  _require(
+    ev.mig_protocol in protocols,
+    f"config.eval.mig_protocol={ev.mig_protocol!r}; expected one of {protocols}.",
+  )
+  _require(
+    not ev.num_mig_frames
+    or ev.mig_protocol == "video_frames"
+    or config.dataset.name in DATASETS,
+    f"config.eval.mig_protocol={ev.mig_protocol!r} renders static frames of "
+    f"{DATASETS} only; use 'video_frames' for {config.dataset.name}.",
+  )
+  unknown = [net for net in ev.lpips_nets if net not in LPIPS_NETS]
+  _require(
+    not unknown, f"config.eval.lpips_nets has {unknown}; expected some of {LPIPS_NETS}."
+  )
+  _require(
+    ev.step == -1 or ev.step >= 0,
+    f"config.eval.step={ev.step} must be -1 (latest) or a checkpoint step.",
+  )
+
+
+def check_eval_data(config: ml_collections.ConfigDict, info: Any) -> int:
+  """Checks the test split against config.eval; returns the sequences to score."""
+  horizon = config.eval.num_context + config.eval.num_future
+  builder_config = getattr(
+    config.dataset.builder_config, "name", config.dataset.builder_config
+  )
+  name = f"{config.dataset.name}/{builder_config}"
+  if horizon > info.seq_len:
+    raise ConfigError(
+      f"Bad config: eval.num_context + eval.num_future = {horizon} frames, but the "
+      f"test videos of {name} have {info.seq_len}; lower eval.num_future."
+    )
+  if info.num_test < 1:
+    raise ValueError(f"The test split of {name} is empty: nothing to evaluate.")
+  if config.eval.num_sequences > info.num_test:
+    raise ConfigError(
+      f"Bad config: eval.num_sequences={config.eval.num_sequences} exceeds the "
+      f"{info.num_test} test videos of {name}; use -1 for all of them."
+    )
+  if config.eval.num_mig_frames and not (
+    info.content_factor_names and info.pose_factor_names
+  ):
+    raise ValueError(
+      f"{name} has no known content and pose factors, so MIG (eq. 8) cannot be "
+      "computed; set config.eval.num_mig_frames=0 to skip it."
+    )
+  return info.num_test if config.eval.num_sequences == -1 else config.eval.num_sequences
+
+
+def check_lstm_frames(config: ml_collections.ConfigDict, info: Any) -> None:
+  """Stage 2's context and future frames fit the dataset's videos."""
+  num_frames = config.lstm.num_context + config.lstm.num_future
+  _require(
+    num_frames <= info.seq_len,
+    f"lstm.num_context + lstm.num_future = {num_frames} exceeds the "
+    f"{info.seq_len} frames per video of {config.dataset.name}.",
   )

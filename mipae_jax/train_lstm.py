@@ -133,12 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
   config_validation.check_batch_size(config.lstm.batch_size, mesh, "lstm.batch_size")
   info = input_pipeline.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
+  config_validation.check_lstm_frames(config, info)
   num_frames = config.lstm.num_context + config.lstm.num_future
-  if num_frames > info.seq_len:
-    raise config_validation.ConfigError(
-      f"Bad config: lstm.num_context + lstm.num_future = {num_frames} exceeds the "
-      f"{info.seq_len} frames per video of {config.dataset.name}."
-    )
   networks, main, main_step = restore.load_main_network(
     config, workdir, info, step_flag="restore_step"
   )

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, train_lstm
-from mipae_jax.evaluation import eval_outputs, evaluate, visualize
+from mipae_jax.evaluation import eval_outputs, evaluate, mig_scores, visualize
 from mipae_jax.experiments import compare, reproduce
 
 NUM_FUTURE = 3  # the tiny scale's eval.num_future
@@ -235,8 +235,8 @@ def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   networks, main, _ = restore.load_main_network(config, str(workdir), info)
   frames = np.random.default_rng(0).integers(0, 256, (11, 64, 64, 3), np.uint8)
   mesh = evaluate.sharding.create_mesh()
-  encode_fn = evaluate.make_encode_fn(networks, mesh)
-  z_c, z_p = evaluate.encode_frames(encode_fn, main, frames, 8, mesh)
+  encode_fn = mig_scores.make_encode_fn(networks, mesh)
+  z_c, z_p = mig_scores.encode_frames(encode_fn, main, frames, 8, mesh)
   content, _ = autoencoder.encode_content(
     networks, main["params"], main["batch_stats"], frames
   )

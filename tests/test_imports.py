@@ -61,3 +61,11 @@ def test_the_import_graph_has_no_cycle():
     if name not in state:
       visit(name, [name])
   assert cycles == []
+
+
+def test_the_registry_lists_every_dataset_mig_renders_static_frames_of():
+  from mipae_jax import config_validation, registry
+  from mipae_jax.evaluation import mig_frames
+
+  assert set(mig_frames.DATASETS) == set(registry.DATASETS)
+  assert mig_frames.PROTOCOLS == config_validation.STATIC_MIG_PROTOCOLS

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config, write_tiny_mnist
 
+from mipae_jax import config_validation
 from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
-from mipae_jax.evaluation import disentanglement, evaluate, mig_frames
+from mipae_jax.evaluation import disentanglement, mig_frames, mig_scores
 from mipae_jax.experiments import reproduce
 
 NUM_FRAMES = 2_000
@@ -171,14 +172,14 @@ def test_per_object_protocol_scores_one_sprite_of_two_below_the_oracle(
   _, content, pose = frame_sets.sets[0]
   objects = frame_sets.objects
   z_c, z_p = mig_frames.oracle_codes(content, pose, 128, 5)
-  terms = evaluate.mig_with_ceiling(content, pose, z_c, z_p, objects)
+  terms = mig_scores.mig_with_ceiling(content, pose, z_c, z_p, objects)
   assert terms["MIG"] >= 0.9 and terms["oracle_MIG"] >= 0.9
   assert terms["swapped_MIG"] <= -0.9 and terms["one_object_MIG"] <= 0.6
   for s in ("sprite0", "sprite1"):
     for group in ("content", "pose"):
       assert terms[disentanglement.captured_term(group, s)] > 0.95
   one_c, one_p = _one_object_codes(content, pose, objects, obj=1)
-  one = evaluate.mig_with_ceiling(content, pose, one_c, one_p, objects)
+  one = mig_scores.mig_with_ceiling(content, pose, one_c, one_p, objects)
   assert 0.3 <= one["MIG"] <= 0.6
   for group in ("content", "pose"):
     assert one[disentanglement.captured_term(group, "sprite1")] > 0.95
@@ -225,7 +226,7 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
   else:
     config = tiny_config(tmp_path, **fields, **{"dataset.builder_config": dataset})
   assert config.eval.mig_protocol == "per_object"
-  evaluate.validate_eval(config)
+  config_validation.validate_eval(config)
   table = {}
 
   def oracle_encoder(encode_fn, main, frames, batch_size, mesh):
@@ -243,7 +244,7 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
       table[frames.tobytes()[:4096], len(frames)] = (content, pose, frame_sets.objects)
     return frame_sets
 
-  monkeypatch.setattr(evaluate, "encode_frames", oracle_encoder)
+  monkeypatch.setattr(mig_scores, "encode_frames", oracle_encoder)
   monkeypatch.setattr(mig_frames, "mig_frame_sets", remembering)
   info = type(
     "Info",
@@ -254,7 +255,7 @@ def test_the_evaluation_path_scores_oracle_codes_at_the_ceiling(
       "pose_factor_names": ("p",),
     },
   )
-  result, _ = evaluate.evaluate_mig(config, info, None, None, None)
+  result, _ = mig_scores.evaluate_mig(config, info, None, None, None)
   assert low <= result["MIG"] <= high
   assert result["partial"] is False  # static frames: the whole content
   assert result["content_factor_names"][0] == {
@@ -360,7 +361,7 @@ def test_mpi3d_configs_score_calibrated_static_frames():
   for method in reproduce.METHODS:
     config = reproduce.paper_config("moving_mpi3d", method)
     assert config.eval.mig_protocol == "per_object"
-    evaluate.validate_eval(config)
+    config_validation.validate_eval(config)
 
 
 def _tiny_mnist(tmp_path, **overrides):

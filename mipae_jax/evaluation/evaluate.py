@@ -14,8 +14,6 @@ to DIR/eval: metrics.json, frame_metrics.csv, PNGs, and TensorBoard events
 
 import dataclasses
 import functools
-import math
-import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from mipae_jax import (
   autoencoder,
@@ -36,104 +33,18 @@ from mipae_jax import (
   restore,
   sharding,
 )
-from mipae_jax.evaluation import disentanglement, eval_outputs, metrics, mig_frames
+from mipae_jax.evaluation import eval_outputs, metrics, mig_scores, progress
 from mipae_jax.evaluation.eval_outputs import (
   MIG_TAGS,
   STRIP_SEQUENCES,
   SWAP_CONTENT_ROWS,
   json_ready,
 )
-from mipae_jax.models.networks import Networks
-
-LPIPS_NETS = ("alex", "vgg")
-_PROGRESS_EVERY_S = 30.0
-
-
-def validate_eval(config: ml_collections.ConfigDict) -> None:
-  """Checks the `config.eval` fields, each failure naming the field."""
-  ev = config.eval
-
-  def require(ok: bool, message: str) -> None:
-    if not ok:
-      raise config_validation.ConfigError(f"Bad config: {message}")
-
-  for field in ("num_context", "num_future", "batch_size"):
-    value = ev[field]
-    require(
-      isinstance(value, int) and value > 0,
-      f"config.eval.{field}={value!r} must be a positive integer.",
-    )
-  require(
-    ev.num_sequences == -1 or ev.num_sequences > 0,
-    f"config.eval.num_sequences={ev.num_sequences} must be -1 (all) or positive.",
-  )
-  require(
-    ev.num_mig_frames >= 0,
-    f"config.eval.num_mig_frames={ev.num_mig_frames} must be >= 0 (0 skips MIG).",
-  )
-  require(
-    isinstance(ev.mig_folds, int)
-    and ev.mig_folds >= 1
-    and (not ev.num_mig_frames or ev.num_mig_frames // ev.mig_folds >= 16),
-    f"config.eval.mig_folds={ev.mig_folds!r} must be an integer >= 1 with at "
-    f"least 16 of the {ev.num_mig_frames} MIG frames per set.",
-  )
-  protocols = (*mig_frames.PROTOCOLS, "video_frames")
-  require(
-    ev.mig_protocol in protocols,
-    f"config.eval.mig_protocol={ev.mig_protocol!r}; expected one of {protocols}.",
-  )
-  require(
-    not ev.num_mig_frames
-    or ev.mig_protocol == "video_frames"
-    or config.dataset.name in mig_frames.DATASETS,
-    f"config.eval.mig_protocol={ev.mig_protocol!r} renders static frames of "
-    f"{mig_frames.DATASETS} only; use 'video_frames' for {config.dataset.name}.",
-  )
-  unknown = [net for net in ev.lpips_nets if net not in LPIPS_NETS]
-  require(
-    not unknown, f"config.eval.lpips_nets has {unknown}; expected some of {LPIPS_NETS}."
-  )
-  require(
-    ev.step == -1 or ev.step >= 0,
-    f"config.eval.step={ev.step} must be -1 (latest) or a checkpoint step.",
-  )
-
-
-def check_eval_data(config: ml_collections.ConfigDict, info: Any) -> int:
-  """Checks the test split against config.eval; returns the sequences to score."""
-  horizon = config.eval.num_context + config.eval.num_future
-  name = f"{config.dataset.name}/{_builder_config_name(config)}"
-  if horizon > info.seq_len:
-    raise config_validation.ConfigError(
-      f"Bad config: eval.num_context + eval.num_future = {horizon} frames, but the "
-      f"test videos of {name} have {info.seq_len}; lower eval.num_future."
-    )
-  if info.num_test < 1:
-    raise ValueError(f"The test split of {name} is empty: nothing to evaluate.")
-  if config.eval.num_sequences > info.num_test:
-    raise config_validation.ConfigError(
-      f"Bad config: eval.num_sequences={config.eval.num_sequences} exceeds the "
-      f"{info.num_test} test videos of {name}; use -1 for all of them."
-    )
-  if config.eval.num_mig_frames and not (
-    info.content_factor_names and info.pose_factor_names
-  ):
-    raise ValueError(
-      f"{name} has no known content and pose factors, so MIG (eq. 8) cannot be "
-      "computed; set config.eval.num_mig_frames=0 to skip it."
-    )
-  return info.num_test if config.eval.num_sequences == -1 else config.eval.num_sequences
 
 
 def _builder_config_name(config: ml_collections.ConfigDict) -> str:
   builder_config = config.dataset.builder_config
   return builder_config if isinstance(builder_config, str) else builder_config.name
-
-
-def _gather(tree: Any) -> Any:
-  """Global (possibly multi-host) arrays as whole NumPy arrays on every host."""
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _as_rgb(frames: jax.Array) -> jax.Array:
@@ -211,35 +122,6 @@ def object_error_curves(
   return curves
 
 
-class _Progress:
-  """Log lines with the work done, its rate and the ETA: after the first step
-  (compilation included), then every 30 s, and at the end."""
-
-  def __init__(self, what: str, total: int, unit: str):
-    self._what, self._total, self._unit = what, total, unit
-    self._start = time.monotonic()
-    self._last = -math.inf
-
-  def update(self, done: int, detail: str = "") -> None:
-    now = time.monotonic()
-    if now - self._last < _PROGRESS_EVERY_S and done < self._total:
-      return
-    self._last = now
-    rate = done / max(now - self._start, 1e-9)
-    eta = (self._total - done) / rate if rate > 0 else math.inf
-    logging.info(
-      "%s: %d/%d %s%s, %.1f %s/s, ETA %s.",
-      self._what,
-      done,
-      self._total,
-      self._unit,
-      detail,
-      rate,
-      self._unit,
-      "unknown" if math.isinf(eta) else time.strftime("%H:%M:%S", time.gmtime(eta)),
-    )
-
-
 @dataclasses.dataclass
 class FrameEvaluation:
   """Per-sequence scores of the test sequences and a few videos to show."""
@@ -265,7 +147,7 @@ def evaluate_frames(
   """Predicts the future of every test sequence and scores each frame; with
   `objects` (one per colour channel) also each object's channel error of the
   predictions and of reconstruct_fn's (main, context, future) frames."""
-  progress = _Progress("Frame metrics", num_sequences, "sequences")
+  tracker = progress.Progress("Frame metrics", num_sequences, "sequences")
   scores: dict[str, list[np.ndarray]] = {}
   object_errors: dict[str, list[np.ndarray]] = {}
   videos = predicted_shown = None
@@ -284,7 +166,7 @@ def evaluate_frames(
       for name, value in channel_errors(recon, truth, objects).items():
         if name.startswith("mse_"):
           batch_errors[f"recon_{name}"] = value
-    gathered = _gather({"mask": batch["mask"], **batch_scores, **batch_errors})
+    gathered = progress.gather({"mask": batch["mask"], **batch_scores, **batch_errors})
     mask = gathered["mask"]
     for name in batch_scores:
       scores.setdefault(name, []).append(gathered[name][mask])
@@ -292,11 +174,11 @@ def evaluate_frames(
       object_errors.setdefault(name, []).append(gathered[name][mask])
     if videos is None:
       num_shown = min(SWAP_CONTENT_ROWS + 1, int(mask.sum()))
-      videos = _gather(video[:num_shown])
-      predicted_shown = _gather(predicted[: min(STRIP_SEQUENCES, num_shown)])
+      videos = progress.gather(video[:num_shown])
+      predicted_shown = progress.gather(predicted[: min(STRIP_SEQUENCES, num_shown)])
     done += int(mask.sum())
     num_future = truth.shape[1]
-    progress.update(done, f" ({done * num_future} frames)")
+    tracker.update(done, f" ({done * num_future} frames)")
   if done == 0:
     raise ValueError("The test split yielded no sequence: nothing to evaluate.")
   return FrameEvaluation(
@@ -322,165 +204,6 @@ def summarize_scores(scores: dict[str, np.ndarray]) -> dict[str, Any]:
   return summary
 
 
-EncodeFn = Callable[[dict[str, Any], jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def make_encode_fn(networks: Networks, mesh: jax.sharding.Mesh) -> EncodeFn:
-  """(main, batch) -> (z_c, z_p) = (E_c(x), E_p(x)), jitted once on the mesh
-  for every frame set and checkpoint it encodes."""
-
-  def encode(main, batch):
-    content, _ = autoencoder.encode_content(
-      networks, main["params"], main["batch_stats"], batch
-    )
-    pose = autoencoder.encode_pose(networks, main["params"], main["batch_stats"], batch)
-    return content.astype(jnp.float32), pose.astype(jnp.float32)
-
-  batch_sharding = sharding.batch_sharding(mesh)
-  return jax.jit(
-    encode,
-    in_shardings=(sharding.replicated(mesh), batch_sharding),
-    out_shardings=batch_sharding,
-  )
-
-
-def encode_frames(
-  encode_fn: EncodeFn,
-  main: dict[str, Any],
-  frames: np.ndarray,
-  batch_size: int,
-  mesh: jax.sharding.Mesh,
-) -> tuple[np.ndarray, np.ndarray]:
-  """z_c and z_p (make_encode_fn) of host frames [N, H, W, C], batch by batch."""
-  batch_sharding = sharding.batch_sharding(mesh)
-  progress = _Progress("MIG encoding", len(frames), "frames")
-  content_codes, pose_codes = [], []
-  for start in range(0, len(frames), batch_size):
-    chunk = frames[start : start + batch_size]
-    num_valid = len(chunk)
-    chunk = np.concatenate(
-      [chunk, np.zeros((batch_size - num_valid, *chunk.shape[1:]), chunk.dtype)]
-    )
-    # Every process holds all frames: each device takes its rows.
-    batch = jax.make_array_from_callback(
-      chunk.shape, batch_sharding, functools.partial(operator.getitem, chunk)
-    )
-    content, pose = _gather(encode_fn(main, batch))
-    content_codes.append(content[:num_valid])
-    pose_codes.append(pose[:num_valid])
-    progress.update(start + num_valid)
-  return np.concatenate(content_codes), np.concatenate(pose_codes)
-
-
-def _mig_frame_sets(
-  config: ml_collections.ConfigDict, info: Any
-) -> mig_frames.FrameSets:
-  """config.eval.mig_folds independent sets of (frames, content, pose),
-  together num_mig_frames: seeds of the protocol, for the interval."""
-  folds = config.eval.mig_folds
-  per_fold = config.eval.num_mig_frames // folds
-  if config.eval.mig_protocol == "video_frames":
-    data = input_pipeline.load_frames(
-      config.dataset, split="test", num_frames=per_fold * folds, seed=config.seed
-    )
-    columns = (data["frames"], data["content_factors"], data["pose_factors"])
-    return mig_frames.FrameSets(
-      [
-        tuple(c[f * per_fold : (f + 1) * per_fold] for c in columns)
-        for f in range(folds)
-      ],
-      tuple(info.content_factor_names),
-      info.content_is_partial,
-    )
-  return mig_frames.mig_frame_sets(
-    config.dataset,
-    per_fold,
-    seeds=[config.seed * folds + fold for fold in range(folds)],
-    protocol=config.eval.mig_protocol,
-  )
-
-
-def mig_with_ceiling(
-  content: np.ndarray,
-  pose: np.ndarray,
-  z_c: np.ndarray,
-  z_p: np.ndarray,
-  objects: mig_frames.Objects | None = None,
-) -> dict[str, float]:
-  """eq. 8 and its Table I terms for (z_c, z_p), beside the protocol's
-  ceiling and floor on the same frames: oracle codes (a perfect encoder),
-  the same codes swapped, and with several objects an oracle of the first
-  object only (its content in z_c, its pose in z_p: what a model that draws
-  one object of the scene can reach), and each object's captured shares."""
-  blocks = (
-    None
-    if objects is None
-    else dict(
-      zip(
-        objects.names,
-        zip(objects.content_columns, objects.pose_columns, strict=True),
-        strict=True,
-      )
-    )
-  )
-  terms = disentanglement.mig(content, pose, z_c, z_p, objects=blocks)
-  dims = (z_c.shape[1], z_p.shape[1])
-  oracle_c, oracle_p = mig_frames.oracle_codes(content, pose, *dims)
-  terms["oracle_MIG"] = disentanglement.mig(content, pose, oracle_c, oracle_p)["MIG"]
-  terms["swapped_MIG"] = disentanglement.mig(content, pose, oracle_p, oracle_c)["MIG"]
-  if objects is not None:
-    one_c, one_p = mig_frames.oracle_codes(
-      content[:, list(objects.content_columns[0])],
-      pose[:, list(objects.pose_columns[0])],
-      *dims,
-    )
-    terms["one_object_MIG"] = disentanglement.mig(content, pose, one_c, one_p)["MIG"]
-  return terms
-
-
-def evaluate_mig(
-  config: ml_collections.ConfigDict,
-  info: Any,
-  encode_fn: EncodeFn,
-  main: dict[str, Any],
-  mesh: jax.sharding.Mesh,
-) -> tuple[dict[str, Any], dict[str, float]]:
-  """Table I terms of eq. 8 with their ceiling, as the mean over
-  config.eval.mig_folds independent frame sets with a 95 % interval
-  ("<term>_ci95", Student's t over the sets), and timings. encode_fn:
-  make_encode_fn's."""
-  start = time.monotonic()
-  encode_s, per_fold, labels = 0.0, [], []
-  frame_sets = _mig_frame_sets(config, info)
-  for frames, content, pose in frame_sets.sets:
-    encode_start = time.monotonic()
-    z_c, z_p = encode_frames(encode_fn, main, frames, config.eval.batch_size, mesh)
-    encode_s += time.monotonic() - encode_start
-    logging.info("MIG: estimating mutual informations on %d frames.", len(z_c))
-    per_fold.append(mig_with_ceiling(content, pose, z_c, z_p, frame_sets.objects))
-    labels.append((len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))))
-  result: dict[str, Any] = {}
-  for term in per_fold[0]:
-    mean, half_width = metrics.mean_and_ci95([fold[term] for fold in per_fold])
-    result[term], result[f"{term}_ci95"] = mean, half_width
-  result.update(
-    protocol=config.eval.mig_protocol,
-    partial=frame_sets.content_is_partial,
-    num_frames=config.eval.num_mig_frames // config.eval.mig_folds * len(per_fold),
-    num_frame_sets=len(per_fold),
-    content_factor_names=list(frame_sets.content_factor_names),
-    pose_factor_names=list(info.pose_factor_names),
-    num_content_labels=labels[0][0],
-    num_pose_labels=labels[0][1],
-    objects=list(frame_sets.objects.names) if frame_sets.objects else [],
-  )
-  timing = {
-    "mig_load_and_encode_s": encode_s,
-    "mig_estimate_s": time.monotonic() - start - encode_s,
-  }
-  return result, timing
-
-
 def table_row(result: dict[str, Any]) -> dict[str, Any]:
   """The Table I row of an evaluated run (None terms when MIG was skipped)."""
   mig = result["mig"] or {}
@@ -504,12 +227,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   started = time.monotonic()
   config_validation.validate(config)
-  validate_eval(config)
+  config_validation.validate_eval(config)
   mesh = sharding.create_mesh()
   config_validation.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   info = input_pipeline.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
-  num_sequences = check_eval_data(config, info)
+  num_sequences = config_validation.check_eval_data(config, info)
   num_context, num_future = config.eval.num_context, config.eval.num_future
 
   networks, main, main_step = restore.load_main_network(
@@ -564,8 +287,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   mig = None
   if config.eval.num_mig_frames:
-    encode_fn = make_encode_fn(networks, mesh)
-    mig, mig_timing = evaluate_mig(config, info, encode_fn, main, mesh)
+    encode_fn = mig_scores.make_encode_fn(networks, mesh)
+    mig, mig_timing = mig_scores.evaluate_mig(config, info, encode_fn, main, mesh)
     timing.update(mig_timing)
 
   result = {

@@ -37,7 +37,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, sharding
-from mipae_jax.evaluation import eval_outputs, evaluate, visualize
+from mipae_jax.evaluation import eval_outputs, mig_scores, visualize
 
 CURVES_DIR = "curves"
 SCORES_FILE = "scores.jsonl"
@@ -131,11 +131,11 @@ def score_checkpoints(
     if reconstruct is None:  # jitted once: every step has the same networks
       reconstruct = jax.jit(functools.partial(_reconstruct, networks))
       swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
-      encode = evaluate.make_encode_fn(networks, mesh)
+      encode = mig_scores.make_encode_fn(networks, mesh)
     reconstructed = np.asarray(reconstruct(main["params"], main["batch_stats"], video))
     row = {"step": step, "method": config.method}
     row.update(reconstruction_errors(reconstructed, video))
-    mig, _ = evaluate.evaluate_mig(config, info, encode, main, mesh)
+    mig, _ = mig_scores.evaluate_mig(config, info, encode, main, mesh)
     row.update({k: v for k, v in mig.items() if isinstance(v, float)})
     grid = np.asarray(
       swap_decode(main["params"], main["batch_stats"], video[:4, 0], video[0, :8])

@@ -51,11 +51,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mipae_jax import input_pipeline
+from mipae_jax import config_validation, input_pipeline
 from mipae_jax.datasets import moving_dsprites, moving_mnist, moving_mpi3d
 
 # The protocols of the module docstring; the first is the default.
-PROTOCOLS = ("per_object", "joint", "reference")
+PROTOCOLS = config_validation.STATIC_MIG_PROTOCOLS
 
 
 def _distinct_rows(
