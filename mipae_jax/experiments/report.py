@@ -397,8 +397,8 @@ def comparison_sentences(dataset: str, metrics: dict[str, dict[str, Any]]) -> li
           )
       sentences.append(sentence)
   horizon = mipae["num_future"]
-  for name in mipae["frame_metrics"]["curves"]:
-    if name not in drnet["frame_metrics"]["curves"]:
+  for name in compare.FRAME_METRICS:
+    if not all(name in m["frame_metrics"]["curves"] for m in (mipae, drnet)):
       continue
     label = compare.FRAME_METRICS[name][0]
     for frame in sorted({1, horizon}):
