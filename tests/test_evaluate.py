@@ -267,7 +267,7 @@ def test_compare_prints_one_table_over_two_runs(evaluated, tmp_path):
     f"curves_{name}_moving_dsprites_rotating_small.png"
     for name in ("lpips_alex", "object_error", "psnr", "ssim")
   ]
-  assert "One-object MIG" in header and "sprite1 error @3" in header
+  assert "One-object MIG" in header and "sprite1 error @1" in header
 
 
 def test_comparison_marks_partial_and_missing_mig():
