@@ -36,7 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mipae_jax.evaluation import disentanglement, metrics
+from mipae_jax.evaluation import disentanglement, metrics, mig_frames
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("mig_frames", 100_000, "Frames whose codes MIG is computed on.")
@@ -51,8 +51,8 @@ flags.DEFINE_integer("lpips_batch_size", 150, "Images per LPIPS network call.")
 flags.DEFINE_list(
   "sections",
   ["mig", "mig_objects", "mig_noise", "frames"],
-  "Parts to run: mig, mig_objects (the same frames with two objects' captured "
-  "shares, as the per-object protocol scores them), mig_noise, frames.",
+  "Parts to run: mig, mig_objects (two sprites' factors as the per-object "
+  "protocol draws them, with each sprite's captured shares), mig_noise, frames.",
 )
 flags.DEFINE_integer("mig_noise_frames", 100_000, "Frames of the MIG-on-noise case.")
 flags.DEFINE_integer("mig_noise_labels", 600, "Content (and pose) labels there.")
@@ -85,6 +85,40 @@ def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
   content = np.stack([shape, scale, orientation], 1)
   pose = np.stack([x, y], 1)
   return content, pose, z_c.astype(np.float32), z_p.astype(np.float32)
+
+
+def per_object_factors_and_codes(num_frames: int, seed: int = 0):
+  """Two sprites' factors as the per-object protocol draws them on rotating
+  Moving dSprites (mig_frames.per_object_supports: 6 content rows and L_p
+  positions per sprite, two depth orders), and codes that mostly
+  disentangle them as in synthetic_factors_and_codes. Returns (content,
+  pose, z_c, z_p, objects)."""
+  rng = np.random.default_rng(seed)
+  num_c, num_p = mig_frames.per_object_supports(num_frames, 2, 2, num_contents=6)
+  content_rows = [rng.permutation(18)[:num_c] for _ in range(2)]
+  pose_rows = [rng.permutation(32 * 32)[:num_p] for _ in range(2)]
+  picks = [rng.integers(0, size, (num_frames, 2)) for size in (num_c, num_p)]
+  contents = np.stack([content_rows[s][picks[0][:, s]] for s in range(2)], 1)
+  poses = np.stack([pose_rows[s][picks[1][:, s]] for s in range(2)], 1)
+  depth = rng.integers(0, 2, num_frames)
+  shape, scale = contents // 6, contents % 6
+  x, y = poses // 32, poses % 32
+  content_features = np.concatenate(
+    [np.eye(3)[shape].reshape(num_frames, 6), scale / 5.0, depth[:, None]], axis=1
+  )
+  pose_features = np.concatenate([x / 31.0, y / 31.0], axis=1)
+
+  def code(own, other, dims):
+    mixed = own @ rng.normal(size=(own.shape[1], dims))
+    leaked = 0.05 * other @ rng.normal(size=(other.shape[1], dims))
+    return np.tanh(mixed + leaked) + 0.01 * rng.normal(size=(num_frames, dims))
+
+  z_c = code(content_features, pose_features, 128)
+  z_p = code(pose_features, content_features, 5)
+  content = np.stack([shape[:, 0], scale[:, 0], shape[:, 1], scale[:, 1], depth], 1)
+  pose = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1)
+  objects = {"sprite0": ((0, 1), (0, 1)), "sprite1": ((2, 3), (2, 3))}
+  return content, pose, z_c.astype(np.float32), z_p.astype(np.float32), objects
 
 
 def noise_factors_and_codes(num_frames: int, num_labels: int, seed: int = 0):
@@ -152,11 +186,9 @@ def main(argv):
     seconds, terms = time_mig(FLAGS.mig_frames)
     report("MIG (4 MIs + 2 entropies)", FLAGS.mig_frames, seconds, terms)
   if "mig_objects" in FLAGS.sections:
-    # Two "objects" of the synthetic frames: shape / x, and scale with
-    # orientation / y; their shares come from the same passes over the codes.
-    objects = {"object0": ((0,), (0,)), "object1": ((1, 2), (1,))}
-    seconds, terms = time_mig(FLAGS.mig_frames, objects=objects)
-    report("MIG + 2 objects' shares", FLAGS.mig_frames, seconds, terms)
+    *data, objects = per_object_factors_and_codes(FLAGS.mig_frames)
+    seconds, terms = time_mig(FLAGS.mig_frames, data, objects=objects)
+    report("MIG + 2 sprites' shares, per-object frames", FLAGS.mig_frames, seconds, terms)
   if "mig_noise" in FLAGS.sections:
     num_frames, labels = FLAGS.mig_noise_frames, FLAGS.mig_noise_labels
     data = noise_factors_and_codes(num_frames, labels)

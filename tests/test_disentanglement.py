@@ -85,19 +85,24 @@ def test_jax_estimator_equals_the_kd_tree_reference(metric, k):
       assert value == pytest.approx(expected, abs=1e-12), (dims, num_labels)
 
 
-@pytest.mark.parametrize("route", [1, 2, 3])
-def test_each_count_route_equals_the_reference_where_it_applies(route):
-  # Continuous codes of spread comparable to their offset: every route's error
-  # bound holds, so each alone gives the reference's counts.
+@pytest.mark.parametrize("num_cells", [1, 7, 60])
+def test_pruned_search_equals_the_reference_for_any_number_of_cells(
+  num_cells, monkeypatch
+):
+  # One cell is brute force; more cells prune by the triangle inequality.
+  # Labels over 100 points take the cell-bounded radius search, smaller ones
+  # are searched whole.
+  monkeypatch.setattr(knn_mi, "_SMALL_LABEL", 100)
   rng = np.random.default_rng(21)
-  labels, codes = _labelled_codes(rng, 400, 9, 6)
-  other_labels = rng.integers(0, 30, 400)
+  labels, codes = _labelled_codes(rng, 1500, 9, 6)
+  big_labels = (labels > 4).astype(int)
   expected = [
     knn_mi.knn_mutual_information_reference(labeling, codes, 3)
-    for labeling in (labels, other_labels)
+    for labeling in (labels, big_labels)
   ]
+  assert np.bincount(labels).max() > 100 and np.bincount(labels).min() < 100
   values = knn_mi.knn_mutual_informations(
-    [labels, other_labels], codes, 3, "euclidean", route=route
+    [labels, big_labels], codes, 3, "euclidean", num_cells=num_cells
   )
   np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
 
@@ -124,12 +129,6 @@ def test_jax_estimator_keeps_tiny_radii_exact_on_oracle_codes():
   for term, value in expected.items():
     assert row[term] == pytest.approx(value, abs=1e-12), term
   assert row["MIG"] > 0.9
-  # |a|^2 + |b|^2 - 2 a.b alone cannot see radii ~1e-3 next to norms ~10: the
-  # routes above matter.
-  naive = knn_mi.knn_mutual_informations(
-    [content], z_c.astype(np.float64), 3, "euclidean", route=1
-  )[0]
-  assert not naive == pytest.approx(expected["I(f_c,z_c)"], abs=1e-3)
 
 
 def test_jax_estimator_counts_exact_duplicates_as_the_reference():

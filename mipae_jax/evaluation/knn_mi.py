@@ -1,18 +1,52 @@
 """The k-nearest-neighbour estimator of I(labels; codes) of Ross (2014), for
-`disentanglement.mutual_information`: a blocked brute-force search in JAX
-(`knn_mutual_informations`, several labelings of the same codes in one pass)
-and scikit-learn's float64 KD-tree as its reference
+`disentanglement.mutual_information`: an exact search pruned by k-means cells,
+in float64 JAX (`knn_mutual_informations`, several labelings of the same codes
+in one pass), and scikit-learn's KD-tree as its reference
 (`knn_mutual_information_reference`). Inputs are validated by the caller.
+
+The search. The distinct codes are split into cells by k-means; a member b of
+a cell with centre mu and radius R (its farthest member) lies at a distance
+within d(a, mu) +- R of any point a. So the radius r_i (distance to the
+k_i-th nearest same-label point) is searched only in the cells of the point's
+label that can hold a point nearer than an upper bound (the cells holding
+its k_i nearest same-label points at worst), and the count m_i adds whole
+cells that lie inside r_i and compares distances only in the cells r_i may
+cut. Distances are float64, |a|^2 + |b|^2 - 2 a.b on centred codes (an error
+near 1e-16 D |a|^2, far below what separates distinct codes in practice);
+exact duplicates lie at distance 0, and the k-th neighbour (with its
+duplicates) is left out of m_i by index, since it lies on the radius.
 """
 
 import functools
-from collections.abc import Callable
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.special
+from sklearn.cluster import KMeans
 from sklearn.neighbors import KDTree
+
+# Rows per k-means cell (on average; at most _CELL), queries per block of the
+# counting pass and of the radius search, and the fewest candidates a radius
+# search pads to (candidate counts are padded
+# to powers of two, so that few shapes compile).
+_ROWS_PER_CELL = 128
+_CELL = 128
+_BLOCK = 256
+_SEARCH_BLOCK = 256
+# Candidates per group of the radius search's first pass (divides _MIN_CANDIDATES).
+_GROUP = 32
+_MIN_CANDIDATES = 512
+# Queries per tile of the counting pass, and tiles per kernel call.
+_TILE = 64
+_TILES_PER_CALL = 64
+# A label with at most this many points is searched whole for its radii.
+_SMALL_LABEL = 2048
+# The matmul form is used where its error bound is below this share of the
+# squared radius (else differences); float64's unit roundoff.
+_TOLERANCE = 1e-3
+_EPSILON = 2.0**-52
 
 
 def _ross_estimate(
@@ -66,515 +100,377 @@ def knn_mutual_information_reference(
   return _ross_estimate(point_k[kept], point_label_sizes[kept], within_radius)
 
 
-# The JAX estimator: blocked brute force on float32 codes (float64 codes keep a
-# float32 remainder, used wherever coordinates are subtracted).
-#
-# Radii (phase 1, per labeling): points sorted by label; each block of
-# _RADIUS_BLOCK rows is compared with the window of sorted points that holds
-# its labels. Euclidean distances come from a matmul on codes centred at each
-# point's label mean (exact algebra for same-label pairs; accurate, since the
-# centred norms are of the label's spread, not of the codes' offset), the
-# k + _EXTRA_CANDIDATES nearest are recomputed from coordinate differences,
-# and a block where a point left out could still beat the k_i-th of those
-# (by the matmul's error bound) is redone by differences.
-#
-# Counts (phase 2): m_i over the distinct codes, each weighted by the number
-# of kept points sharing it, all labelings of the codes in one pass. The k-th
-# neighbour lies on the radius, so it is excluded by index (with its exact
-# duplicates) rather than by comparing a recomputed distance. Each
-# (labeling, point) takes one of three routes, chosen from its radius before
-# any count: 1) a matmul on globally centred codes; 2) a matmul on codes
-# centred at the nearest of the point's label means (under any labeling), in
-# blocks of points sharing that centre: for points in clusters tight against
-# their global norm, the usual case for I(f_c, z_c); 3) coordinate
-# differences, for the rest (zero radii, tiny radii within spread-out labels)
-# and for Chebyshev. A matmul distance |a|^2 + |b|^2 - 2 a.b is used for a
-# point when its error bound near the radius,
-# _matmul_error_factor(D) * (3 |a|^2 + 2 r^2), is below _MATMUL_TOLERANCE * r^2
-# (a worst-case bound: typical errors are ~sqrt(D) times smaller), so counts
-# can differ from the float64 reference only for points within that margin of
-# the radius, as float32 itself allows.
-_MATMUL_TOLERANCE = 1e-3
-_EXTRA_CANDIDATES = 4
-_RADIUS_BLOCK = 128
-_RADIUS_GROUP = 8
-_QUERY_BLOCK = 256
-_CANDIDATE_CHUNK = 512
-_CENTRED_GROUP = 8
-_MATMUL_GROUP = 16
-_CENTRED_BLOCK_SIZES = (16, 32, 48, 64, 96, 128, 160, 192, 256)
-_EXACT_BLOCK = 16
-_EXACT_GROUP = 4
-_HIGHEST = jax.lax.Precision.HIGHEST
+def _distances(queries: jax.Array, candidates: jax.Array, form: str) -> jax.Array:
+  """Distances [Q, C] of rows [Q, D] and [C, D]: "matmul" (squared Euclidean,
+  |a|^2 + |b|^2 - 2 a.b), "euclidean" (squared, from differences) or
+  "chebyshev"."""
+  if form == "matmul":
+    squared = (
+      jnp.sum(queries * queries, axis=1)[:, None]
+      + jnp.sum(candidates * candidates, axis=1)[None, :]
+      - 2.0 * queries @ candidates.T
+    )
+    return jnp.maximum(squared, 0.0)
+
+  def one_dimension(index, value):
+    gap = queries[:, index][:, None] - candidates[:, index][None, :]
+    if form == "euclidean":
+      return value + gap * gap
+    return jnp.maximum(value, jnp.abs(gap))
+
+  start = jnp.zeros((queries.shape[0], candidates.shape[0]), queries.dtype)
+  return jax.lax.fori_loop(0, queries.shape[1], one_dimension, start)
 
 
-def _matmul_error_factor(dims: int) -> float:
-  """Bound / (|a|^2 + |b|^2) on the float32 error of |a|^2 + |b|^2 - 2 a.b.
+def _row_distances(rows, centre, query_rows, candidate_rows, form):
+  """_distances of rows[query_rows] and rows[candidate_rows] centred at
+  `centre`, 0 between a row and itself."""
+  values = _distances(rows[query_rows] - centre, rows[candidate_rows] - centre, form)
+  return jnp.where(query_rows[:, None] == candidate_rows[None, :], 0.0, values)
 
-  Each length-D float32 dot product errs by at most ~D u times the sum of
-  |products| (u = 2^-24), the three-term sum by a few u more, and rounding the
-  centred coordinates to float32 by ~u; a factor 2 of margin on top.
-  """
-  return 2.0 * (dims + 8) * 2.0**-24
+
+@functools.partial(jax.jit, static_argnames="metric")
+def _to_centres(rows, query_rows, centres, *, metric):
+  """Distances [Q, K] of rows[query_rows] to the cell centres (not squared)."""
+  if metric == "euclidean":
+    return jnp.sqrt(_distances(rows[query_rows], centres, "matmul"))
+  return _distances(rows[query_rows], centres, metric)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "form"))
+def _kth_same_label(rows, centre, queries, kth, candidates, *, k, form):
+  """Distance (squared for euclidean) to, and row of, each query's kth-index
+  nearest other point of its label among the candidates. queries and
+  candidates [3, n]: rows, point ids and labels (padding: label -2 and -1)."""
+  values = _row_distances(rows, centre, queries[0], candidates[0], form)
+  same = (queries[2][:, None] == candidates[2][None, :]) & (
+    queries[1][:, None] != candidates[1][None, :]
+  )
+  values = jnp.where(same, values, jnp.inf)
+  # The k groups of _GROUP candidates with the least minima hold the k
+  # nearest; the (kth + 1)-th smallest value among them, ties counted, by k
+  # passes of a min over the values above the last (XLA CPU's top_k is far
+  # slower here).
+  # (A last group of infinities is taken once every finite one is.)
+  values = jnp.pad(values, ((0, 0), (0, _GROUP)), constant_values=jnp.inf)
+  groups = values.reshape(values.shape[0], -1, _GROUP)
+  minima, chosen = jnp.min(groups, axis=2), []
+  for _ in range(k):
+    least = jnp.argmin(minima, axis=1)
+    finite = jnp.take_along_axis(minima, least[:, None], axis=1)[:, 0] < jnp.inf
+    chosen.append(jnp.where(finite, least, groups.shape[1] - 1))
+    minima = minima.at[jnp.arange(values.shape[0]), chosen[-1]].set(jnp.inf)
+  chosen = jnp.stack(chosen, axis=1)
+  near = jnp.take_along_axis(groups, chosen[:, :, None], axis=1).reshape(
+    chosen.shape[0], -1
+  )
+  last = jnp.full(near.shape[:1], -jnp.inf, near.dtype)
+  taken = jnp.zeros(near.shape[:1], jnp.int32)
+  radius = jnp.full(near.shape[:1], jnp.inf, near.dtype)
+  for _ in range(k):
+    last = jnp.min(jnp.where(near > last[:, None], near, jnp.inf), axis=1)
+    ties = jnp.sum(near == last[:, None], axis=1)
+    radius = jnp.where((taken <= kth) & (kth < taken + ties), last, radius)
+    taken += ties
+  position = jnp.argmax(near == radius[:, None], axis=1)
+  group = jnp.take_along_axis(chosen, (position // _GROUP)[:, None], axis=1)[:, 0]
+  return radius, candidates[0][group * _GROUP + position % _GROUP]
+
+
+@functools.partial(jax.jit, static_argnames="form")
+def _tile_counts(
+  rows, weights, centres, cell_rows, row_of, limits, neighbours, tiles, *, form
+):
+  """Counts [L, T, Q] per tile (its cell [T], query points [T, Q], -1 pad):
+  the weight of the cell's rows strictly nearer to each query than its limit
+  (limits [L, N], squared for euclidean; -inf: none), its k-th neighbour's
+  row (neighbours [L, N]) left out. cell_rows [K, S] (-1 pad); weights [L, U]
+  per row; row_of [N] each point's row."""
+  cell, points = tiles
+  safe = jnp.maximum(points, 0)
+  query_rows = row_of[safe]
+  members = cell_rows[cell]
+  centre = centres[cell][:, None, :]
+  queries = rows[query_rows] - centre
+  candidates = rows[jnp.maximum(members, 0)] - centre
+  values = jax.vmap(functools.partial(_distances, form=form))(queries, candidates)
+  values = jnp.where(query_rows[:, :, None] == members[:, None, :], 0.0, values)
+  query_limits = jnp.where(points >= 0, limits[:, safe], -jnp.inf)
+  inside = (values[None] < query_limits[..., None]) & (
+    members[None, :, None, :] != neighbours[:, safe][..., None]
+  )
+  member_weights = jnp.where(members >= 0, weights[:, members], 0.0)
+  return jnp.sum(jnp.where(inside, member_weights[:, :, None, :], 0.0), axis=3)
+
+
+@functools.partial(jax.jit, static_argnames="metric")
+def _cell_bounds(
+  rows, centres, cell_radii, margin, query_rows, reach, cell_weights, *, metric
+):
+  """For a block of queries: which cells [B, K] some reach [L, B] (the
+  radius, not squared; -inf: none) may cut, and the weight [L, B] of the
+  cells wholly inside it that none cuts."""
+  to_centres = _to_centres(rows, query_rows, centres, metric=metric)
+  lower = to_centres - cell_radii - margin
+  upper = to_centres + cell_radii + margin
+  distance = reach[:, :, None]
+  scanned = jnp.any((lower < distance) & (upper >= distance), axis=0)
+  inside = (upper < distance) & ~scanned
+  return scanned, jnp.einsum(
+    "lbk,lk->lb", inside.astype(cell_weights.dtype), cell_weights
+  )
+
+
+def _pad(values: np.ndarray, size: int, fill: int) -> np.ndarray:
+  return np.pad(values, (0, size - values.size), constant_values=fill)
 
 
 def _round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
 
-def _pad_rows(values: np.ndarray, rows: int, fill: float | int = 0) -> np.ndarray:
-  padding = [(0, rows - values.shape[0])] + [(0, 0)] * (values.ndim - 1)
-  return np.pad(values, padding, constant_values=fill)
+def _bucket(size: int, least: int) -> int:
+  return max(least, 1 << max(0, size - 1).bit_length())
 
 
-def _difference(q_hi, q_lo, c_hi, c_lo, metric: str) -> jax.Array:
-  """Exact-as-float32 distances [B, C] (squared for euclidean) of q [B, D], c [C, D].
-
-  Coordinates are hi + lo float32 pairs (lo None when the codes are float32), so
-  close points keep their difference to float32 relative precision.
-  """
-  diff = q_hi[:, None, :] - c_hi[None, :, :]
-  if q_lo is not None:
-    diff = diff + (q_lo[:, None, :] - c_lo[None, :, :])
-  if metric == "euclidean":
-    return jnp.sum(diff * diff, axis=-1)
-  return jnp.max(jnp.abs(diff), axis=-1)
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+  """Concatenation of arange(start, start + size) over the pairs."""
+  sizes = sizes.astype(np.int64)
+  offsets = np.repeat(starts - np.cumsum(sizes) + sizes, sizes)
+  return offsets + np.arange(sizes.sum())
 
 
-def _optional(values: np.ndarray | None) -> jax.Array | None:
-  return None if values is None else jnp.asarray(values)
+def _kmeans(values: np.ndarray, num_clusters: int) -> KMeans:
+  """A few Lloyd iterations from a seeded random start (any partition would
+  be exact; a tight one prunes more)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # fewer distinct float32 rows than clusters
+    return KMeans(
+      num_clusters, init="random", n_init=1, max_iter=8, random_state=0
+    ).fit(values)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "num_candidates"))
-def _radii_by_matmul(
-  centred,
-  hi,
-  lo,
-  labels,
-  k_index,
-  bound_margin,
-  window_starts,
-  *,
-  window,
-  num_candidates,
-):
-  """Phase 1, matmul form: (squared radius, neighbour, verified) per sorted row.
+class _Cells:
+  """The distinct codes, centred, ordered by k-means cell, with each cell's
+  centre, radius and row range."""
 
-  The neighbour is the label-sorted position of the k_i-th nearest point.
-
-  centred [P, D]: label-sorted codes minus their label's mean; hi, lo [P, D]
-  the codes themselves; labels [P] (-1 padding); k_index, bound_margin [nb, B]
-  (k_i - 1 and the matmul error bound); window_starts [nb].
-  """
-  num_blocks, block = k_index.shape
-  query_offsets = jnp.arange(block)
-  window_offsets = jnp.arange(window)
-
-  def one_block(args):
-    index, start, k_rows, margin = args
-    first = index * block
-    queries = jax.lax.dynamic_slice_in_dim(centred, first, block)
-    candidates = jax.lax.dynamic_slice_in_dim(centred, start, window)
-    query_labels = jax.lax.dynamic_slice_in_dim(labels, first, block)
-    candidate_labels = jax.lax.dynamic_slice_in_dim(labels, start, window)
-    approx = (
-      jnp.sum(queries * queries, axis=1)[:, None]
-      + jnp.sum(candidates * candidates, axis=1)[None, :]
-      - 2.0 * jnp.dot(queries, candidates.T, precision=_HIGHEST)
+  def __init__(self, codes: np.ndarray, metric: str, num_cells: int | None):
+    unique, row_of = np.unique(codes + 0.0, axis=0, return_inverse=True)
+    unique = unique - np.mean(unique, axis=0)
+    num_rows = unique.shape[0]
+    num_cells = min(num_rows, num_cells or -(-num_rows // _ROWS_PER_CELL))
+    cell = np.zeros(num_rows, np.int64)
+    if num_cells > 1:
+      cells = _kmeans(unique.astype(np.float32), num_cells)
+      # Cells numbered so that neighbours are near in number (blocks of
+      # consecutive points then span few regions): by k-means of the centres.
+      group = _kmeans(cells.cluster_centers_, round(np.sqrt(num_cells))).labels_
+      cell = np.argsort(np.argsort(group, kind="stable"))[cells.labels_]
+    order = np.argsort(cell, kind="stable")
+    self.row_of = np.argsort(order)[row_of.reshape(-1)]
+    cell, unique = cell[order], unique[order]
+    # Cells of more than _CELL rows are split; none is empty.
+    rank = np.arange(num_rows) - np.searchsorted(cell, cell)
+    _, self.cell_of_row = np.unique(
+      cell * num_rows + rank // _CELL, return_inverse=True
     )
-    same = (query_labels[:, None] == candidate_labels[None, :]) & (
-      (first + query_offsets)[:, None] != (start + window_offsets)[None, :]
-    )
-    negated, nearest = jax.lax.top_k(jnp.where(same, -approx, -jnp.inf), num_candidates)
-    chosen = start + nearest
-    q_hi = jax.lax.dynamic_slice_in_dim(hi, first, block)
-    diff = q_hi[:, None, :] - hi[chosen]
-    if lo is not None:
-      q_lo = jax.lax.dynamic_slice_in_dim(lo, first, block)
-      diff = diff + (q_lo[:, None, :] - lo[chosen])
-    exact = jnp.where(negated > -jnp.inf, jnp.sum(diff * diff, axis=-1), jnp.inf)
-    kth = jnp.take_along_axis(jnp.argsort(exact, axis=1), k_rows[:, None], axis=1)
-    radius = jnp.take_along_axis(exact, kth, axis=1)[:, 0]
-    neighbour = jnp.take_along_axis(chosen, kth, axis=1)[:, 0]
-    # Every point left out has approx >= the last chosen one's, hence an exact
-    # distance >= that minus the error bound.
-    # (The min, not the last column: slicing top_k's values made XLA CPU sort
-    # 15x slower.)
-    verified = -jnp.min(negated, axis=1) - margin >= radius
-    return radius, neighbour, verified
+    self.sizes = np.bincount(self.cell_of_row)
+    self.starts = np.cumsum(self.sizes) - self.sizes
+    centres = np.add.reduceat(unique, self.starts) / self.sizes[:, None]
+    offsets = unique - centres[self.cell_of_row]
+    if metric == "euclidean":
+      spread = np.sqrt(np.sum(offsets * offsets, axis=1))
+    else:
+      spread = np.max(np.abs(offsets), axis=1)
+    self.radii = np.maximum.reduceat(spread, self.starts)
+    self.table = np.full((self.sizes.size, _CELL), -1)
+    self.table[
+      self.cell_of_row, np.arange(num_rows) - self.starts[self.cell_of_row]
+    ] = np.arange(num_rows)
+    # The distances to the centres (|a|^2 + |b|^2 - 2 a.b for euclidean) err
+    # by far less than this.
+    largest = max(np.max(np.sum(unique**2, 1)), np.max(np.sum(centres**2, 1)))
+    self.margin = np.sqrt(64.0 * (codes.shape[1] + 2) * _EPSILON * largest)
+    self.codes, self.metric = unique, metric
+    self.rows, self.centres = jnp.asarray(unique), jnp.asarray(centres)
 
-  return jax.lax.map(
-    one_block, (jnp.arange(num_blocks), window_starts, k_index, bound_margin)
+  def bounds(self, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds [Q, K] on the distance from each query to any
+    member of each cell."""
+    to_centres = np.asarray(
+      _to_centres(self.rows, jnp.asarray(query_rows), self.centres, metric=self.metric)
+    )
+    return (
+      to_centres - self.radii - self.margin,
+      to_centres + self.radii + self.margin,
+    )
+
+  def centre(self, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A block's centre, and which squared radii [...] the matmul form
+    resolves for it: its error bound 8 (D + 2) eps (3 rho^2 + 2 r^2) (rho: the
+    queries' farthest distance from the centre) below 1e-3 r^2."""
+    queries = self.codes[query_rows]
+    centre = np.mean(queries, axis=0)
+    spread = np.max(np.sum((queries - centre) ** 2, axis=1))
+    factor = 8.0 * (queries.shape[1] + 2) * _EPSILON
+
+    def resolved(squared: np.ndarray) -> np.ndarray:
+      if self.metric != "euclidean":
+        return np.zeros(squared.shape, bool)
+      return factor * (3.0 * spread + 2.0 * squared) < _TOLERANCE * squared
+
+    return centre, resolved
+
+
+def _search(
+  cells: _Cells,
+  labels: np.ndarray,
+  block: np.ndarray,
+  candidate_points: np.ndarray,
+  point_k: np.ndarray,
+  k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """_kth_same_label of the block's points among the candidate points, by
+  the matmul form where it resolves the radius, else by differences."""
+  size = _bucket(candidate_points.size, _MIN_CANDIDATES)
+  block_size = _bucket(block.size, 8)
+  queries = np.stack(
+    [
+      _pad(cells.row_of[block], block_size, 0),
+      _pad(block, block_size, -1),
+      _pad(labels[block], block_size, -2),
+    ]
   )
-
-
-@functools.partial(jax.jit, static_argnames=("window", "k", "metric"))
-def _radii_exact(
-  hi, lo, labels, block_ids, window_starts, k_index, *, window, k, metric
-):
-  """Phase 1, exact form, for the blocks `block_ids` [G]: radius, neighbour [G, B]."""
-  block = k_index.shape[1]
-  query_offsets = jnp.arange(block)
-  window_offsets = jnp.arange(window)
-
-  def one_block(args):
-    index, start, k_rows = args
-    first = index * block
-    q_hi = jax.lax.dynamic_slice_in_dim(hi, first, block)
-    c_hi = jax.lax.dynamic_slice_in_dim(hi, start, window)
-    q_lo = c_lo = None
-    if lo is not None:
-      q_lo = jax.lax.dynamic_slice_in_dim(lo, first, block)
-      c_lo = jax.lax.dynamic_slice_in_dim(lo, start, window)
-    distances = _difference(q_hi, q_lo, c_hi, c_lo, metric)
-    query_labels = jax.lax.dynamic_slice_in_dim(labels, first, block)
-    candidate_labels = jax.lax.dynamic_slice_in_dim(labels, start, window)
-    same = (query_labels[:, None] == candidate_labels[None, :]) & (
-      (first + query_offsets)[:, None] != (start + window_offsets)[None, :]
-    )
-    negated, nearest = jax.lax.top_k(
-      jnp.where(same, -distances, -jnp.inf), min(k, window)
-    )
-    radius = -jnp.take_along_axis(negated, k_rows[:, None], axis=1)[:, 0]
-    neighbour = start + jnp.take_along_axis(nearest, k_rows[:, None], axis=1)[:, 0]
-    return radius, neighbour
-
-  return jax.lax.map(
-    one_block, (block_ids, window_starts[block_ids], k_index[block_ids])
+  candidates = np.stack(
+    [
+      _pad(cells.row_of[candidate_points], size, 0),
+      _pad(candidate_points, size, -1),
+      _pad(labels[candidate_points], size, -1),
+    ]
   )
-
-
-def _count(inside: jax.Array, weights: jax.Array) -> jax.Array:
-  """sum_c weights[l, c] over inside [L, B, C]: int32 [L, B].
-
-  A float32 select-and-sum (exact below 2^24): XLA CPU vectorises it 3x better
-  than an integer sum of the booleans.
-  """
-  return jnp.sum(jnp.where(inside, weights[:, None, :], 0.0), axis=2).astype(jnp.int32)
-
-
-def _own_neighbour(values, inside, weights, neighbours, first):
-  """Weight of each row's k-th neighbour where it is counted in this chunk.
-
-  values [B, C]: the chunk's distances (in whatever form `inside` compares),
-  candidates from index `first` on; inside(values [L, B]) -> counted [L, B];
-  weights [L, C]; neighbours [L, B] candidate indices. The neighbour's value
-  is read from the same array the counts compare, so it is excluded exactly
-  when it was counted.
-  """
-  chunk = values.shape[-1]
-  local = neighbours - first
-  present = (local >= 0) & (local < chunk)
-  column = jnp.clip(local, 0, chunk - 1)
-  value = jnp.take_along_axis(values, column.T, axis=1).T
-  weight = jnp.take_along_axis(weights, column, axis=-1)
-  return jnp.where(present & inside(value), weight, 0.0).astype(jnp.int32)
-
-
-def _matmul_chunk_counts(values, limits, weights, neighbours, first):
-  """Counts [L, B] of one chunk of matmul distances `values` [B, C] below
-  `limits` [L, B], each row's k-th neighbour left out (routes 1 and 2)."""
-  inside = values[None] < limits[:, :, None]
-  excluded = _own_neighbour(
-    values, lambda value: value < limits, weights, neighbours, first
+  centre, resolved = cells.centre(cells.row_of[block])
+  search = functools.partial(
+    _kth_same_label,
+    cells.rows,
+    jnp.asarray(centre),
+    jnp.asarray(queries),
+    jnp.asarray(_pad(point_k[block] - 1, block_size, 0)),
+    jnp.asarray(candidates),
+    k=min(k, size),
   )
-  return _count(inside, weights) - excluded
-
-
-@jax.jit
-def _counts_by_matmul(codes, norms, weights, rows, thresholds, neighbours):
-  """Route 1: counts [G, L, B] for query rows [G, B] on globally centred codes.
-
-  Candidates: codes [nc, C, D], norms |b_j|^2 [nc, C] and weights [nc, L, C]
-  (how many kept points share the candidate's code; 0 for padding). Counts
-  the weight of candidates with -2 a_i.b_j + |b_j|^2 < thresholds_li, where
-  thresholds [G, L, B] = r_i^2 - |a_i|^2 (-inf: no count). The k-th neighbour
-  (neighbours [G, L, B], candidate indices) is not counted, whatever the
-  rounding of its distance (it lies on the radius).
-  """
-  num_chunks, chunk, dims = codes.shape
-  flat = codes.reshape(-1, dims)
-
-  def one_block(args):
-    block_rows, limits, own = args
-    scaled = -2.0 * flat[block_rows]
-
-    def one_chunk(index, counts):
-      products = jnp.dot(scaled, codes[index].T, precision=_HIGHEST)
-      values = jax.lax.optimization_barrier(products + norms[index][None, :])
-      return counts + _matmul_chunk_counts(
-        values, limits, weights[index], own, index * chunk
-      )
-
-    return jax.lax.fori_loop(
-      0, num_chunks, one_chunk, jnp.zeros(limits.shape, jnp.int32)
+  form = "matmul" if cells.metric == "euclidean" else cells.metric
+  value, row = (np.asarray(result)[: block.size] for result in search(form=form))
+  redo = ~resolved(value)
+  if form == "matmul" and np.any(redo):
+    exact = (np.asarray(result)[: block.size] for result in search(form="euclidean"))
+    value, row = (
+      np.where(redo, e, v) for e, v in zip(exact, (value, row), strict=True)
     )
-
-  return jax.lax.map(one_block, (rows, thresholds, neighbours))
-
-
-@jax.jit
-def _counts_by_centred_matmul(hi, lo, weights, rows, centres, radii, neighbours):
-  """Route 2: counts [G, L, B] for query rows [G, B] centred at centres [G, D].
-
-  hi, lo [nc, C, D] candidate codes, weights [nc, L, C]; radii [G, L, B]
-  squared (-inf: no count); neighbours [G, L, B] not counted.
-  """
-  num_chunks, chunk, dims = hi.shape
-  flat_hi = hi.reshape(-1, dims)
-  flat_lo = None if lo is None else lo.reshape(-1, dims)
-  ones = jnp.ones(dims, hi.dtype)
-
-  def centre(values_hi, values_lo, point):
-    centred = values_hi - point
-    return centred if values_lo is None else centred + values_lo
-
-  def one_block(args):
-    block_rows, point, limits, own = args
-    queries = centre(
-      flat_hi[block_rows], None if lo is None else flat_lo[block_rows], point
-    )
-    limits = limits - jnp.sum(queries * queries, axis=1)[None, :]
-    scaled = -2.0 * queries
-
-    def one_chunk(index, counts):
-      candidates = centre(hi[index], None if lo is None else lo[index], point)
-      # (A product with ones: XLA CPU's row sums are 1.5x slower here.)
-      norms = jnp.dot(candidates * candidates, ones, precision=_HIGHEST)
-      products = jnp.dot(scaled, candidates.T, precision=_HIGHEST)
-      values = jax.lax.optimization_barrier(products + norms[None, :])
-      return counts + _matmul_chunk_counts(
-        values, limits, weights[index], own, index * chunk
-      )
-
-    return jax.lax.fori_loop(
-      0, num_chunks, one_chunk, jnp.zeros(limits.shape, jnp.int32)
-    )
-
-  return jax.lax.map(one_block, (rows, centres, radii, neighbours))
-
-
-@functools.partial(jax.jit, static_argnames=("metric",))
-def _counts_exact(hi, lo, weights, rows, radii, neighbours, *, metric):
-  """Route 3: counts [G, L, B] by exact differences for query rows [G, B].
-
-  hi, lo [nc, C, D] candidate codes, weights [nc, L, C]; radii [G, L, B]
-  (squared for euclidean; -inf: no count); neighbours [G, L, B]. Counts
-  distance < radius except the k-th neighbour, or, for a zero radius,
-  distance 0 (as the reference's `nextafter(0, 0)` radius does).
-  """
-  num_chunks, chunk, dims = hi.shape
-  flat_hi = hi.reshape(-1, dims)
-  flat_lo = None if lo is None else lo.reshape(-1, dims)
-
-  def one_block(args):
-    block_rows, limits, own = args
-    q_hi = flat_hi[block_rows]
-    q_lo = None if lo is None else flat_lo[block_rows]
-
-    def one_chunk(index, counts):
-      c_lo = None if lo is None else lo[index]
-      distances = _difference(q_hi, q_lo, hi[index], c_lo, metric)
-      distances = jax.lax.optimization_barrier(distances)
-      inside = (distances[None] < limits[:, :, None]) | (distances == 0.0)[None]
-      excluded = _own_neighbour(
-        distances,
-        lambda value: (value < limits) | (value == 0.0),
-        weights[index],
-        own,
-        index * chunk,
-      )
-      excluded = jnp.where(limits > 0.0, excluded, 0)
-      return counts + _count(inside, weights[index]) - excluded
-
-    return jax.lax.fori_loop(
-      0, num_chunks, one_chunk, jnp.zeros(limits.shape, jnp.int32)
-    )
-
-  return jax.lax.map(one_block, (rows, radii, neighbours))
-
-
-def _split_float32(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-  """float64 codes as float32 hi + lo (lo None when the codes are float32)."""
-  hi = codes.astype(np.float32)
-  lo = (codes - hi).astype(np.float32)
-  return hi, (lo if np.any(lo) else None)
-
-
-def _label_means(
-  labels: np.ndarray, codes: np.ndarray, sizes: np.ndarray
-) -> np.ndarray:
-  sums = np.zeros((sizes.size, codes.shape[1]))
-  np.add.at(sums, labels, codes)
-  return sums / np.maximum(sizes, 1)[:, None]
+  return value, row
 
 
 def _radii(
-  labels: np.ndarray,
-  codes: np.ndarray,
-  point_k: np.ndarray,
-  kept: np.ndarray,
-  metric: str,
-  means: np.ndarray,
+  cells: _Cells, labels: np.ndarray, kept: np.ndarray, point_k: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Phase 1: distance (squared for euclidean) to the k_i-th same-label point,
-  and that point's index."""
-  num_points, dims = codes.shape
-  sizes = np.bincount(labels)
-  order = np.argsort(labels, kind="stable")
-  sorted_labels = labels[order]
-  block = _RADIUS_BLOCK
-  num_blocks = -(-num_points // block)
-  padded = num_blocks * block
-  label_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  firsts = np.arange(num_blocks) * block
-  lasts = np.minimum(firsts + block, num_points) - 1
-  starts = label_starts[sorted_labels[firsts]]
-  ends = label_starts[sorted_labels[lasts]] + sizes[sorted_labels[lasts]]
-  window = min(_round_up(int(np.max(ends - starts)), 128), padded)
-  starts = np.minimum(starts, padded - window).astype(np.int32)
+  """Distance (squared for euclidean) from each kept point to its k_i-th
+  nearest other point of its label, and that point's row.
 
-  sorted_codes = codes[order]
-  hi, lo = _split_float32(sorted_codes)
-  hi, lo = _pad_rows(hi, padded), None if lo is None else _pad_rows(lo, padded)
-  device_labels = jnp.asarray(_pad_rows(sorted_labels.astype(np.int32), padded, -1))
-  k_index = _pad_rows(np.maximum(point_k[order] - 1, 0), padded).astype(np.int32)
-  k_index = k_index.reshape(num_blocks, block)
-  device_hi, device_lo = jnp.asarray(hi), _optional(lo)
-  sorted_kept = _pad_rows(kept[order], padded, False).reshape(num_blocks, block)
+  A label of at most _SMALL_LABEL points is searched whole. For a bigger one,
+  a first search in the block's own cells bounds each radius, and the
+  second searches every cell of the label that bound reaches (or, where the
+  own cells lack k_i points of the label, that the cells holding the k_i
+  nearest at worst reach).
+  """
+  num_cells = cells.sizes.size
+  points = np.flatnonzero(kept)
+  cell_of_point = cells.cell_of_row[cells.row_of[points]]
+  order = np.lexsort((cell_of_point, labels[points]))
+  points, cell_of_point = points[order], cell_of_point[order]
+  keys = labels[points] * num_cells + cell_of_point
+  label_sizes = np.bincount(labels[points])
+  label_starts = np.cumsum(label_sizes) - label_sizes
+  big = np.flatnonzero(label_sizes > _SMALL_LABEL)
+  big_index = np.full(label_sizes.size, -1)
+  big_index[big] = np.arange(big.size)
+  # Kept points of each big label per cell (the query itself included).
+  per_cell = np.zeros((big.size, num_cells), np.int64)
+  in_big = big_index[labels[points]] >= 0
+  np.add.at(per_cell, (big_index[labels[points][in_big]], cell_of_point[in_big]), 1)
 
-  if metric == "euclidean":
-    centred = (sorted_codes - means[sorted_labels]).astype(np.float32)
-    norms = np.sum(np.square(centred, dtype=np.float64), axis=1)
-    widest = np.zeros(sizes.size)
-    np.maximum.at(widest, sorted_labels, norms)
-    margin = _matmul_error_factor(dims) * (norms + widest[sorted_labels])
-    radius, neighbour, verified = _radii_by_matmul(
-      jnp.asarray(_pad_rows(centred, padded)),
-      device_hi,
-      device_lo,
-      device_labels,
-      jnp.asarray(k_index),
-      jnp.asarray(_pad_rows(margin, padded).astype(np.float32).reshape(k_index.shape)),
-      jnp.asarray(starts),
-      window=window,
-      num_candidates=min(int(point_k.max()) + _EXTRA_CANDIDATES, window),
-    )
-    radius, neighbour = np.array(radius), np.array(neighbour)
-    verified = np.asarray(verified)
-    redo = np.flatnonzero(np.any(sorted_kept & ~verified, axis=1))
-  else:
-    radius = np.zeros(k_index.shape, np.float32)
-    neighbour = np.zeros(k_index.shape, np.int32)
-    redo = np.arange(num_blocks)
-  for group_start in range(0, redo.size, _RADIUS_GROUP):
-    group = redo[group_start : group_start + _RADIUS_GROUP]
-    ids = _pad_rows(group, _RADIUS_GROUP, group[-1]).astype(np.int32)
-    exact = _radii_exact(
-      device_hi,
-      device_lo,
-      device_labels,
-      jnp.asarray(ids),
-      jnp.asarray(starts),
-      jnp.asarray(k_index),
-      window=window,
-      k=int(point_k.max()),
-      metric=metric,
-    )
-    radius[group] = np.asarray(exact[0])[: group.size]
-    neighbour[group] = np.asarray(exact[1])[: group.size]
-  radii = np.empty(num_points)
-  radii[order] = radius.reshape(-1)[:num_points]
-  neighbours = np.empty(num_points, np.int64)
-  # Label-sorted positions back to point indices (padding never is a neighbour
-  # of a kept point).
-  neighbours[order] = order[
-    np.minimum(neighbour.reshape(-1)[:num_points], num_points - 1)
-  ]
-  return radii, neighbours
+  def cells_of(wanted: np.ndarray) -> np.ndarray:
+    """Positions in `points` of the (label * num_cells + cell) keys."""
+    starts = np.searchsorted(keys, wanted)
+    return _ranges(starts, np.searchsorted(keys, wanted, "right") - starts)
+
+  radius = np.zeros(labels.size)
+  neighbour = np.zeros(labels.size, np.int64)
+  for first in range(0, points.size, _SEARCH_BLOCK):
+    block = points[first : first + _SEARCH_BLOCK]
+    block_keys = keys[first : first + _SEARCH_BLOCK]
+    small = np.unique(labels[block][big_index[labels[block]] < 0])
+    whole = _ranges(label_starts[small], label_sizes[small])
+    large = big_index[labels[block]] >= 0
+    own = cells_of(np.unique(block_keys[large]))
+    candidates = points[np.union1d(whole, own)]
+    value, row = _search(cells, labels, block, candidates, point_k, k)
+    if np.any(large):
+      queries = block[large]
+      counts = per_cell[big_index[labels[queries]]]
+      lower, upper = cells.bounds(cells.row_of[queries])
+      # The k_i + 1 cells of least upper bound that hold the label hold the
+      # point and at least k_i others within the largest of those bounds.
+      upper_held = np.where(counts > 0, upper, np.inf)
+      nearest = np.argpartition(upper_held, min(k, num_cells - 1), axis=1)[:, : k + 1]
+      nearest = np.take_along_axis(
+        nearest, np.argsort(np.take_along_axis(upper_held, nearest, 1), 1), 1
+      )
+      held = np.cumsum(np.take_along_axis(counts, nearest, axis=1), axis=1)
+      enough = np.argmax(held >= point_k[queries][:, None] + 1, axis=1)
+      bound = np.take_along_axis(upper_held, nearest, axis=1)[
+        np.arange(queries.size), enough
+      ]
+      found = value[large] if cells.metric != "euclidean" else np.sqrt(value[large])
+      bound = np.minimum(bound, found + cells.margin)
+      query_index, cell_index = np.nonzero((counts > 0) & (lower <= bound[:, None]))
+      reached = cells_of(
+        np.unique(labels[queries][query_index] * num_cells + cell_index)
+      )
+      if not np.all(np.isin(reached, own)):
+        candidates = points[np.union1d(whole, reached)]
+        value, row = _search(cells, labels, block, candidates, point_k, k)
+    radius[block], neighbour[block] = value, row
+  return radius, neighbour
 
 
-def _centred_blocks(
-  rows: np.ndarray, keys: np.ndarray, centres: np.ndarray
+def _tile_counts_of(
+  device: tuple[jax.Array, ...], pairs: np.ndarray, form: str
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Route-2 query blocks [nb, B] (-1 padding) and their centres [nb, D].
-
-  Each block holds rows of one centre (`keys` [N] indexes `centres`); its size
-  is the one of _CENTRED_BLOCK_SIZES that wastes least on padding.
-  """
-  rows = rows[np.argsort(keys[rows], kind="stable")]
-  block_keys, run_starts, run_sizes = np.unique(
-    keys[rows], return_index=True, return_counts=True
-  )
-  block = min(
-    _CENTRED_BLOCK_SIZES,
-    key=lambda size: np.sum(-(-run_sizes // size)) * (size + 32),
-  )
-  blocks_per_run = -(-run_sizes // block)
-  first_block = np.concatenate([[0], np.cumsum(blocks_per_run)[:-1]])
-  run = np.repeat(np.arange(run_sizes.size), run_sizes)
-  rank = np.arange(rows.size) - run_starts[run]
-  table = np.full((int(blocks_per_run.sum()), block), -1, np.int64)
-  table[first_block[run] + rank // block, rank % block] = rows
-  return table, np.repeat(centres[block_keys], blocks_per_run, axis=0)
-
-
-def _distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(one point index per distinct row of values [N, D], each point's row
-  among those)."""
-  rows = np.ascontiguousarray(values + 0.0)  # -0.0 and 0.0 alike
-  view = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))[:, 0]
-  _, first, inverse = np.unique(view, return_index=True, return_inverse=True)
-  return first, inverse.reshape(-1)
-
-
-def _blocks_in_order(rows: np.ndarray, block: int) -> np.ndarray:
-  """rows as a table [nb, block], -1 padding."""
-  return _pad_rows(rows, _round_up(rows.size, block), -1).reshape(-1, block)
-
-
-def _counts_by_blocks(
-  kernel: Callable[..., jax.Array],
-  table: np.ndarray,
-  limits: np.ndarray,
-  neighbours: np.ndarray,
-  per_block: tuple[np.ndarray, ...],
-  max_group: int,
-) -> np.ndarray:
-  """Runs kernel(rows, limits, neighbours, *per_block) over groups of blocks.
-
-  table [nb, B] (-1 padding), limits and neighbours [nb, L, B], per_block
-  arrays [nb, ...]. Groups have a power-of-two number of blocks (at most
-  max_group) so that few shapes compile. Returns counts [nb, L, B].
-  """
-  num_blocks = table.shape[0]
-  group = min(max_group, 1 << max(0, (num_blocks - 1).bit_length()))
-  padded = _round_up(num_blocks, group)
-  arrays = [
-    _pad_rows(np.maximum(table, 0).astype(np.int32), padded),
-    _pad_rows(limits.astype(np.float32), padded, -np.inf),
-    _pad_rows(neighbours.astype(np.int32), padded, -1),
-  ] + [_pad_rows(values, padded) for values in per_block]
+  """Counts of the (query point, cell) pairs [2, P], in tiles of _TILE
+  queries of one cell: (query points [M], counts [L, M]) to add up."""
+  point, cell = pairs[:, np.argsort(pairs[1], kind="stable")]
+  rank = np.arange(cell.size) - np.searchsorted(cell, cell)
+  starts = rank % _TILE == 0
+  num_tiles = _round_up(max(1, int(starts.sum())), _TILES_PER_CALL)
+  tile_points = np.full((num_tiles, _TILE), -1)
+  tile_points[np.cumsum(starts) - 1, rank % _TILE] = point
+  tile_cells = _pad(cell[starts], num_tiles, 0)
   results = [
-    kernel(*(jnp.asarray(values[start : start + group]) for values in arrays))
-    for start in range(0, padded, group)
+    _tile_counts(
+      *device,
+      (
+        jnp.asarray(tile_cells[first : first + _TILES_PER_CALL]),
+        jnp.asarray(tile_points[first : first + _TILES_PER_CALL]),
+      ),
+      form=form,
+    )
+    for first in range(0, num_tiles if cell.size else 0, _TILES_PER_CALL)
   ]
-  return np.concatenate([np.asarray(result) for result in results])[:num_blocks]
-
-
-def _choose_routes(
-  trusted_global: np.ndarray, trusted_centred: np.ndarray, kept: np.ndarray
-) -> np.ndarray:
-  """Route [L, N] of each (labeling, point) count: 1, 2, 3, or 0 (left out).
-
-  A point that needs route 2 for one labeling takes it for all labelings
-  where it may (one pass over the candidates serves them all).
-  """
-  routes = np.where(trusted_global, 1, np.where(trusted_centred, 2, 3))
-  needs_centred = np.any(kept & (routes == 2), axis=0)
-  centred_for_all = np.all(~kept | trusted_centred, axis=0)
-  routes[:, needs_centred & centred_for_all] = 2
-  return np.where(kept, routes, 0)
+  valid = tile_points >= 0
+  if not results:
+    return np.zeros(0, np.int64), np.zeros((device[1].shape[0], 0))
+  return tile_points[valid], np.concatenate([np.asarray(r) for r in results], 1)[
+    :, valid
+  ]
 
 
 def knn_mutual_informations(
@@ -583,147 +479,113 @@ def knn_mutual_informations(
   k: int,
   metric: str,
   *,
-  tolerance: float = _MATMUL_TOLERANCE,
-  route: int | None = None,
+  num_cells: int | None = None,
 ) -> list[float]:
   """Ross (2014) estimates of I(labels; codes) for each labeling, in JAX.
 
-  `route` forces every count with a positive radius through route 1, 2 or 3
-  (a testing aid: routes 1 and 2 are accurate only where their error bound
-  allows).
+  codes: float64 [N, D]. `num_cells` sets the number of k-means cells (one
+  cell: brute force); by default one per 128 distinct codes.
   """
-  num_points, dims = codes.shape
-  gamma = _matmul_error_factor(dims)
   labelings = [np.asarray(labels) for labels in labelings]
-  num_labelings = len(labelings)
-  sizes = [np.bincount(labels) for labels in labelings]
-  point_sizes = [size[labels] for size, labels in zip(sizes, labelings, strict=True)]
-  kept = np.stack([point_size > 1 for point_size in point_sizes])
+  with jax.enable_x64(True):
+    return _estimates(labelings, codes, k, metric, num_cells)
+
+
+def _estimates(
+  labelings: list[np.ndarray],
+  codes: np.ndarray,
+  k: int,
+  metric: str,
+  num_cells: int | None,
+) -> list[float]:
+  """knn_mutual_informations, with float64 enabled."""
+  point_sizes = np.stack([np.bincount(labels)[labels] for labels in labelings])
+  kept = point_sizes > 1
   if not np.all(np.any(kept, axis=1)):
     raise ValueError("Every label occurs once: the k-NN MI estimate is undefined.")
-  point_k = [np.minimum(k, point_size - 1) for point_size in point_sizes]
-  means = [
-    _label_means(labels, codes, size)
-    for labels, size in zip(labelings, sizes, strict=True)
-  ]
+  point_k = np.minimum(k, point_sizes - 1)
+  cells = _Cells(codes, metric, num_cells)
   radii, neighbours = (
     np.stack(values)
     for values in zip(
       *(
-        _radii(labels, codes, kk, keep, metric, mean)
-        for labels, kk, keep, mean in zip(labelings, point_k, kept, means, strict=True)
+        _radii(cells, labels, keep, kk, k)
+        for labels, keep, kk in zip(labelings, kept, point_k, strict=True)
       ),
       strict=True,
     )
   )
-
-  # Candidates: the distinct codes, each weighted by the number of kept points
-  # that share it, so that exact duplicates lie at one distance (as in the
-  # float64 reference) and are excluded together with the k-th neighbour.
-  candidate_points, candidate_of = _distinct_rows(codes)
-  chunk = min(_CANDIDATE_CHUNK, _round_up(candidate_points.size, 128))
-  padded = _round_up(candidate_points.size, chunk)
-  num_chunks = padded // chunk
-
-  def chunked(values: np.ndarray) -> jax.Array:
-    """Candidate values [U, ...] -> [nc, C, ...], zero padding."""
-    values = _pad_rows(values, padded)
-    return jnp.asarray(values.reshape(num_chunks, chunk, *values.shape[1:]))
-
-  weights = np.stack(
-    [np.bincount(candidate_of, weights=keep, minlength=padded) for keep in kept]
+  reach = np.sqrt(radii) if metric == "euclidean" else radii
+  num_rows = cells.codes.shape[0]
+  row_weights = np.stack(
+    [np.bincount(cells.row_of, weights=keep, minlength=num_rows) for keep in kept]
   )
-  weights = jnp.asarray(
-    weights.reshape(num_labelings, num_chunks, chunk).transpose(1, 0, 2)
-  ).astype(jnp.float32)
-  hi, lo = _split_float32(codes[candidate_points])
-  chunked_hi, chunked_lo = chunked(hi), None if lo is None else chunked(lo)
-  candidate_neighbours = candidate_of[neighbours]
-
-  global_codes = (codes - np.mean(codes, axis=0)).astype(np.float32)
-  global_norms = np.sum(np.square(global_codes, dtype=np.float64), axis=1)
-  # Route-2 centres: each point's label mean under any of the labelings (a
-  # point in a tight cluster of one labeling is near that cluster's mean, also
-  # when counting for another labeling); the nearest one is used.
-  centres = np.concatenate(means).astype(np.float32)
-  first_key = np.cumsum([0] + [mean.shape[0] for mean in means])[:-1]
-  keys = first_key[:, None] + np.stack(labelings)
-  centre_norms = np.stack(
-    [np.sum(np.square(codes - centres[key]), axis=1) for key in keys]
+  cell_weights = np.add.reduceat(row_weights, cells.starts, axis=1)
+  counts = np.zeros(radii.shape)
+  # A zero radius (the k-th neighbour duplicates the point) counts the
+  # point's duplicates, as the reference's nextafter(0, 0) radius does.
+  counted = kept & (radii > 0.0)
+  zero_labeling, zero_point = np.nonzero(kept & ~counted)
+  counts[zero_labeling, zero_point] = row_weights[
+    zero_labeling, cells.row_of[zero_point]
+  ]
+  queries = np.flatnonzero(np.any(counted, axis=0))
+  queries = queries[np.argsort(cells.row_of[queries], kind="stable")]
+  pairs = [np.zeros((2, 0), np.int64)]
+  bounds = functools.partial(
+    _cell_bounds,
+    cells.rows,
+    cells.centres,
+    jnp.asarray(cells.radii),
+    cells.margin,
+    cell_weights=jnp.asarray(cell_weights),
+    metric=metric,
   )
-  nearest = np.argmin(centre_norms, axis=0)
-  points = np.arange(num_points)
-  centre_keys, centre_norms = keys[nearest, points], centre_norms[nearest, points]
-
-  if metric == "chebyshev":
-    routes = np.where(kept, 3, 0)
-  elif route is not None:
-    routes = np.where(kept, np.where(radii > 0.0, route, 3), 0)
+  for first in range(0, queries.size, _BLOCK):
+    block = queries[first : first + _BLOCK]
+    block_size = _bucket(block.size, 8)
+    reach_block = np.where(counted[:, block], reach[:, block], -np.inf)
+    scanned, inside = bounds(
+      jnp.asarray(_pad(cells.row_of[block], block_size, 0)),
+      jnp.asarray(
+        np.pad(
+          reach_block, ((0, 0), (0, block_size - block.size)), constant_values=-np.inf
+        )
+      ),
+    )
+    counts[:, block] = np.asarray(inside)[:, : block.size]
+    query_index, cell_index = np.nonzero(np.asarray(scanned)[: block.size])
+    pairs.append(np.stack([block[query_index], cell_index]))
+  pairs = np.concatenate(pairs, axis=1)
+  device = (
+    cells.rows,
+    jnp.asarray(row_weights),
+    cells.centres,
+    jnp.asarray(cells.table),
+    jnp.asarray(cells.row_of),
+    jnp.asarray(np.where(counted, radii, -np.inf)),
+    jnp.asarray(neighbours),
+  )
+  if metric == "euclidean":
+    # Centred at the cell's centre, a query is within r + R of it and a member
+    # within R: the matmul form's error bound 8 (D + 2) eps ((r + R)^2 + R^2)
+    # must be below 1e-3 r^2, else the pair takes differences.
+    spread = cells.radii[pairs[1]] + cells.margin
+    squared = radii[:, pairs[0]]
+    bound = 8.0 * (codes.shape[1] + 2) * _EPSILON
+    bound *= (np.sqrt(squared) + spread) ** 2 + spread**2
+    exact = np.any(counted[:, pairs[0]] & (bound >= _TOLERANCE * squared), axis=0)
+    groups = [("matmul", ~exact), ("euclidean", exact)]
   else:
-
-    def trusted(norms: np.ndarray) -> np.ndarray:
-      return gamma * (3.0 * norms + 2.0 * radii) < tolerance * radii
-
-    routes = _choose_routes(trusted(global_norms), trusted(centre_norms), kept)
-
-  counts = np.zeros((num_labelings, num_points), np.int64)
-
-  def count_route(level, table, kernel, limit_shift, per_block, max_group):
-    rows = np.maximum(table, 0)
-    wanted = (table >= 0)[:, None, :] & (routes[:, rows] == level).transpose(1, 0, 2)
-    limits = radii[:, rows].transpose(1, 0, 2) - limit_shift[rows][:, None, :]
-    result = _counts_by_blocks(
-      kernel,
-      candidate_of[rows],
-      np.where(wanted, limits, -np.inf),
-      candidate_neighbours[:, rows].transpose(1, 0, 2),
-      per_block,
-      max_group,
-    )
-    for index in range(num_labelings):
-      chosen = wanted[:, index]
-      counts[index, table[chosen]] = result[:, index][chosen]
-
-  level_rows = [np.flatnonzero(np.any(routes == level, axis=0)) for level in (1, 2, 3)]
-  no_shift = np.zeros(num_points)
-  if level_rows[0].size:
-    candidate_codes = chunked(global_codes[candidate_points])
-    candidate_norms = chunked(global_norms[candidate_points].astype(np.float32))
-    count_route(
-      1,
-      _blocks_in_order(level_rows[0], _QUERY_BLOCK),
-      lambda *args: _counts_by_matmul(candidate_codes, candidate_norms, weights, *args),
-      global_norms,
-      (),
-      _MATMUL_GROUP,
-    )
-  if level_rows[1].size:
-    table, block_centres = _centred_blocks(level_rows[1], centre_keys, centres)
-    count_route(
-      2,
-      table,
-      lambda rows, limits, own, block_centres: _counts_by_centred_matmul(
-        chunked_hi, chunked_lo, weights, rows, block_centres, limits, own
-      ),
-      no_shift,
-      (block_centres,),
-      _CENTRED_GROUP,
-    )
-  if level_rows[2].size:
-    count_route(
-      3,
-      _blocks_in_order(level_rows[2], _EXACT_BLOCK),
-      lambda rows, limits, own: _counts_exact(
-        chunked_hi, chunked_lo, weights, rows, limits, own, metric=metric
-      ),
-      no_shift,
-      (),
-      _EXACT_GROUP,
-    )
+    groups = [(metric, np.ones(pairs.shape[1], bool))]
+  for form, chosen in groups:
+    points, within = _tile_counts_of(device, pairs[:, chosen], form)
+    for index in range(counts.shape[0]):
+      counts[index] += np.bincount(
+        points, weights=within[index], minlength=counts.shape[1]
+      )
 
   return [
-    _ross_estimate(kk[keep], point_size[keep], count[keep])
-    for kk, point_size, count, keep in zip(
-      point_k, point_sizes, counts, kept, strict=True
-    )
+    _ross_estimate(kk[keep], size[keep], count[keep])
+    for kk, size, count, keep in zip(point_k, point_sizes, counts, kept, strict=True)
   ]
