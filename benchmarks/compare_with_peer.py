@@ -28,8 +28,9 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mipae_jax import input_pipeline, sharding, train, train_state  # noqa: E402
+from mipae_jax import sharding, train, train_state  # noqa: E402
 from mipae_jax.configs import drnet_dsprites, mipae_dsprites  # noqa: E402
+from mipae_jax.datasets import prepared
 from mipae_jax.models.networks import build_networks  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -74,7 +75,7 @@ def _config():
 
 def export_videos(config, path: pathlib.Path) -> np.ndarray:
   """The first --num_videos training videos, uint8 [N, T, 64, 64, 3]."""
-  builder = input_pipeline.prepare_dataset(config.dataset)
+  builder = prepared.prepare_dataset(config.dataset)
   source = builder.as_data_source("train")
   count = min(FLAGS.num_videos, len(source))
   frames = config.dataset.num_frames

@@ -34,7 +34,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mipae_jax import input_pipeline  # noqa: E402
-from mipae_jax.datasets import moving_mnist, moving_mpi3d  # noqa: E402
+from mipae_jax.datasets import moving_mnist, moving_mpi3d, prepared  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -135,7 +135,7 @@ def _time_dataset(
     name, builder_config, str(work_dir / spec), manual_dirs.get(name)
   )
   start = time.perf_counter()
-  input_pipeline.prepare_dataset(config)
+  prepared.prepare_dataset(config)
   build_seconds = time.perf_counter() - start
   num_videos = builder_config.num_train + builder_config.num_test
 

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from mipae_jax.datasets import dsprites_shapes as shapes
-from mipae_jax.datasets import dsprites_statistics, moving_dsprites
+from mipae_jax.datasets import dsprites_splits, dsprites_statistics, moving_dsprites
 
 
 def our_videos(name: str, num_videos: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def our_videos(name: str, num_videos: int) -> np.ndarray:
     c for c in moving_dsprites.MovingDsprites.BUILDER_CONFIGS if c.name == name
   )
   config = dataclasses.replace(config, seq_len=15)
-  contents = moving_dsprites.split_contents(config)["test"]
+  contents = dsprites_splits.split_contents(config.rotating)["test"]
   videos = []
   for index in range(num_videos):
     sample = moving_dsprites.sample_video(config, "test", index, contents)

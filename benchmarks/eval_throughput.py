@@ -188,7 +188,9 @@ def main(argv):
   if "mig_objects" in FLAGS.sections:
     *data, objects = per_object_factors_and_codes(FLAGS.mig_frames)
     seconds, terms = time_mig(FLAGS.mig_frames, data, objects=objects)
-    report("MIG + 2 sprites' shares, per-object frames", FLAGS.mig_frames, seconds, terms)
+    report(
+      "MIG + 2 sprites' shares, per-object frames", FLAGS.mig_frames, seconds, terms
+    )
   if "mig_noise" in FLAGS.sections:
     num_frames, labels = FLAGS.mig_noise_frames, FLAGS.mig_noise_labels
     data = noise_factors_and_codes(num_frames, labels)

@@ -10,14 +10,11 @@ stayed empty.
 """
 
 import contextlib
-import fcntl
 import json
 import logging as pylogging
 import os
-import re
 import shutil
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -31,7 +28,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mipae_jax import config_validation, sharding
+from mipae_jax import sharding
+from mipae_jax import workdir as workdir_lib
 
 # 2: one Adam state for E_c, E_p, D and one for the critic (the reference step).
 FORMAT_VERSION = 2
@@ -82,92 +80,6 @@ def _mismatch(
 def exit_code(step: int, final_step: int) -> int:
   """0 for a run that reached `final_step`, PREEMPTED_EXIT_CODE before it."""
   return PREEMPTED_EXIT_CODE if step < final_step else 0
-
-
-def check_writable(workdir: str) -> None:
-  """Creates `workdir` if needed and checks that a file can be written there."""
-  if (e := config_validation.unwritable(workdir)) is not None:
-    raise PermissionError(
-      f"Cannot write to the workdir {workdir} ({e.strerror}); use a writable --workdir."
-    ) from e
-
-
-def check_workdir(workdir: str) -> None:
-  """The check every mode makes of --workdir before it starts: a path that
-  exists must be a directory this process can write to (a missing one is
-  made later, by the mode that writes into it)."""
-  if not os.path.exists(workdir):
-    return
-  if not os.path.isdir(workdir):
-    raise PermissionError(
-      f"The workdir {workdir} is not a directory (a file is there); use another "
-      "--workdir."
-    )
-  check_writable(workdir)
-
-
-LOCK_FILE = ".writer.lock"
-
-
-class WorkdirInUseError(PermissionError):
-  """Another training process writes into this workdir."""
-
-
-class WorkdirLock:
-  """An exclusive lock on WORKDIR/.writer.lock, held by the one process that
-  trains into the workdir: the file names its host and pid while it is held
-  and is removed on release. The kernel releases the lock on every exit
-  (kill -9 included), so a lock left behind is never stale."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
-    while True:
-      self._file = open(self.path, "a+")  # noqa: SIM115 (held until release)
-      try:
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        self._file.seek(0)
-        holder = self._file.read().strip() or "a process starting up"
-        self._file.close()
-        raise WorkdirInUseError(
-          f"The workdir {workdir} is in use by another training process "
-          f"({holder}); wait for it to end or use another --workdir."
-        ) from None
-      try:  # The holder before us may have removed the file we locked.
-        if os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino:
-          break
-      except FileNotFoundError:
-        pass
-      self._file.close()
-    self._file.seek(0)
-    self._file.truncate()
-    self._file.write(f"host {socket.gethostname()}, pid {os.getpid()}\n")
-    self._file.flush()
-
-  def release(self) -> None:
-    if not self._file.closed:
-      os.remove(self.path)
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-
-
-def _missing_dirs(path: str) -> list[str]:
-  """`path` and its ancestors that do not exist yet, deepest first."""
-  missing = []
-  while path and not os.path.exists(path):
-    missing.append(path)
-    parent = os.path.dirname(path)
-    path = "" if parent == path else parent
-  return missing
-
-
-def _remove_if_empty(paths: list[str]) -> None:
-  """Removes the directories `paths` (deepest first) while they are empty."""
-  for path in paths:
-    try:
-      os.rmdir(path)
-    except OSError:  # Not empty (or already gone): keep it and its parents.
-      return
 
 
 class _OrbaxInfoFilter(pylogging.Filter):
@@ -225,16 +137,18 @@ def _unparsable_json(step_dir: str) -> str:
 
 
 def _short_reason(error: BaseException, step_dir: str) -> tuple[str, str]:
-  """(file or directory to blame, one-line reason) of an Orbax read error."""
+  """(file or directory to blame, one-line reason) of an Orbax read error:
+  the first metadata file that is not valid JSON, else the one array data
+  file of the step (or its data directories), and the first line of the
+  innermost error."""
   root = error
   while root.__cause__ is not None or root.__context__ is not None:
     root = root.__cause__ or root.__context__
-  texts = [str(e) for e in (error, root)]
-  paths = re.findall(re.escape(step_dir) + r"/[^\s\"'\]\[,;]+", " ".join(texts))
-  files = [p for p in paths if os.path.isfile(p)]
-  blamed = max(files or paths or [_unparsable_json(step_dir)], key=len)
-  reason = str(root).split(" [tensorstore_spec")[0].splitlines()[0]
-  reason = reason.rsplit(f'{blamed}"', 1)[-1].lstrip(": ")
+  blamed = _unparsable_json(step_dir)
+  if blamed == step_dir:
+    chunks = sorted(epath.Path(step_dir).glob("*/d/*"))
+    blamed = str(chunks[0]) if len(chunks) == 1 else os.path.join(step_dir, "*", "d")
+  reason = (str(root).splitlines() or [""])[0]
   if len(reason) > 100:
     reason = reason[:97] + "..."
   return blamed, f"{type(root).__name__}: {reason}"
@@ -279,14 +193,14 @@ class Checkpointer:
     self.step_flag = step_flag
     self.manager = None
     self._lock = None
-    self._created = _missing_dirs(str(self.directory))
+    self._created = workdir_lib.missing_dirs(str(self.directory))
     _quiet_closed_loop_errors()
     quiet_orbax_info()
     try:
       if writable:
-        check_writable(self.workdir)
+        workdir_lib.check_writable(self.workdir)
         if jax.process_index() == 0:
-          self._lock = WorkdirLock(self.workdir)
+          self._lock = workdir_lib.WorkdirLock(self.workdir)
       options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or config.keep_checkpoints, create=True
       )
@@ -519,4 +433,4 @@ class Checkpointer:
     if self._lock is not None:
       self._lock.release()
       self._lock = None
-    _remove_if_empty(self._created)
+    workdir_lib.remove_if_empty(self._created)

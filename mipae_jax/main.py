@@ -222,9 +222,9 @@ def run_mode() -> Any:
     return text
   config = FLAGS.config
   if mode != "prepare":
-    from mipae_jax import checkpointing
+    from mipae_jax import workdir
 
-    checkpointing.check_workdir(FLAGS.workdir)
+    workdir.check_workdir(FLAGS.workdir)
   if config.distributed:
     sharding.initialize_distributed()
   logging.info(
@@ -236,9 +236,9 @@ def run_mode() -> Any:
     jax.devices()[0].platform,
   )
   if mode == "prepare":
-    from mipae_jax import input_pipeline
+    from mipae_jax.datasets import prepared
 
-    input_pipeline.prepare_dataset(config.dataset)
+    prepared.prepare_dataset(config.dataset)
     return None
   if mode == "train":
     from mipae_jax import checkpointing, train
@@ -333,12 +333,13 @@ def _one_line_errors(argv: list[str]) -> int | None:
   data or checkpoint, unwritable or busy workdir) are their message; any
   other is its type and first line, its traceback only with --verbosity=1.
   Open checkpoint managers were already closed by main's finally blocks."""
-  from mipae_jax import checkpointing, input_pipeline
+  from mipae_jax import checkpointing
+  from mipae_jax.datasets import prepared
 
   ours = (
     checkpointing.CheckpointError,
     config_validation.ConfigError,
-    input_pipeline.CorruptDataError,
+    prepared.CorruptDataError,
     PermissionError,
     FloatingPointError,
   )

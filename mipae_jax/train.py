@@ -23,6 +23,7 @@ from mipae_jax import (
   objectives,
   sharding,
 )
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import visualize
 from mipae_jax.models.main_network import MainNetwork
 from mipae_jax.models.networks import Networks, build_networks
@@ -283,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   config_validation.validate(config)
   mesh = sharding.create_mesh()
   config_validation.check_batch_size(config.batch_size, mesh)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   image_shape = (info.height, info.width, info.channels)
   networks = build_networks(config, info.channels)

@@ -26,6 +26,7 @@ from mipae_jax import (
   restore,
   sharding,
 )
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import visualize
 from mipae_jax.models.pose_lstm import PoseLSTM
 from mipae_jax.train_state import (
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
   config_validation.validate_lstm(config)
   mesh = sharding.create_mesh()
   config_validation.check_batch_size(config.lstm.batch_size, mesh, "lstm.batch_size")
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   config_validation.check_lstm_frames(config, info)
   num_frames = config.lstm.num_context + config.lstm.num_future

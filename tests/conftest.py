@@ -12,7 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mipae_jax.datasets import moving_mnist  # noqa: E402
+from mipae_jax.datasets import (
+  moving_mnist,  # noqa: E402
+  prepared,
+)
 from mipae_jax.experiments import reproduce
 
 
@@ -31,10 +34,9 @@ def tiny_config(data_dir, method="mipae", /, **overrides):
 @pytest.fixture(scope="session")
 def dsprites_data_dir(tmp_path_factory):
   """The small embedded Moving dSprites, built once per test session."""
-  from mipae_jax import input_pipeline
 
   data_dir = tmp_path_factory.mktemp("tfds")
-  input_pipeline.prepare_dataset(tiny_config(data_dir).dataset)
+  prepared.prepare_dataset(tiny_config(data_dir).dataset)
   return data_dir
 
 

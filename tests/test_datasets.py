@@ -10,6 +10,8 @@ from conftest import write_tiny_mnist
 import mipae_jax.datasets  # noqa: F401  (registers the builders)
 from mipae_jax.datasets import (
   common,
+  dsprites_official,
+  dsprites_splits,
   motion,
   moving_dsprites,
   moving_mnist,
@@ -300,7 +302,7 @@ def test_moving_dsprites_shapes_factors_physics_and_rerender(
 
 def test_moving_dsprites_draws_every_depth_order():
   config = moving_dsprites.MovingDspritesConfig(name="orders", num_sprites=3)
-  contents = moving_dsprites.split_contents(config)["train"]
+  contents = dsprites_splits.split_contents(config.rotating)["train"]
   drawn = [
     int(moving_dsprites.sample_video(config, "train", i, contents)["depth_order"])
     for i in range(120)
@@ -377,41 +379,8 @@ def test_render_frames_rejects_factors_outside_their_sizes(tmp_path):
   with pytest.raises(ValueError, match="outside"):
     moving_dsprites.render_frames(config, content, pose + 17)
   npz = moving_dsprites.MovingDspritesConfig(name="bad_npz", source="npz")
-  with pytest.raises(FileNotFoundError, match=moving_dsprites.DSPRITES_FILE):
+  with pytest.raises(FileNotFoundError, match=dsprites_official.DSPRITES_FILE):
     moving_dsprites.render_frames(npz, content, pose, manual_dir=tmp_path)
-
-
-@pytest.mark.parametrize("rotating", [False, True])
-def test_moving_dsprites_train_and_test_contents_are_disjoint(rotating):
-  config = moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating)
-  contents = moving_dsprites.split_contents(config)
-  train = {tuple(c) for c in contents["train"].tolist()}
-  test = {tuple(c) for c in contents["test"].tolist()}
-  assert not train & test
-  assert (len(train), len(test)) == ((12, 6) if rotating else (500, 220))
-  # Every value of every content factor is still seen in training.
-  for axis, size in enumerate((3, 6) if rotating else (3, 6, 40)):
-    assert set(contents["train"][:, axis]) == set(range(size))
-  # The split is the authors', whatever the seed.
-  other_seed = moving_dsprites.split_contents(
-    moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating, seed=1)
-  )
-  np.testing.assert_array_equal(other_seed["test"], contents["test"])
-
-
-@pytest.mark.skipif(
-  not (SHARED / "authors_splits").exists(), reason="no shared authors' split files"
-)
-@pytest.mark.parametrize("rotating", [False, True])
-def test_moving_dsprites_split_equals_the_authors_split_files(rotating):
-  contents = moving_dsprites.split_contents(
-    moving_dsprites.MovingDspritesConfig(name="split", rotating=rotating)
-  )
-  prefix = "dsprites_no_rot" if rotating else "dsprites"
-  for split in ("train", "test"):
-    authors = np.load(SHARED / "authors_splits" / f"{prefix}_{split}_split.npy")
-    # Their files list the rows in their own order; ours are sorted.
-    np.testing.assert_array_equal(contents[split], authors[np.lexsort(authors.T[::-1])])
 
 
 def test_moving_dsprites_same_seed_gives_identical_bytes(tmp_path):
@@ -605,8 +574,8 @@ def test_impossible_configs_are_one_line_value_errors(make_config, message):
       moving_dsprites.MovingDspritesConfig(
         name="d", source="npz", num_train=2, num_test=2
       ),
-      moving_dsprites.DSPRITES_FILE,
-      moving_dsprites.DSPRITES_URL,
+      dsprites_official.DSPRITES_FILE,
+      dsprites_official.DSPRITES_URL,
     ),
     (
       moving_mpi3d.MovingMpi3d,
@@ -653,7 +622,7 @@ def test_corrupted_or_wrong_sources_are_clear_errors(tmp_path, tiny_mnist):
   dsprites_dir = tmp_path / "dsprites"
   dsprites_dir.mkdir()
   np.savez_compressed(
-    dsprites_dir / moving_dsprites.DSPRITES_FILE, imgs=np.zeros((3, 64, 64), np.uint8)
+    dsprites_dir / dsprites_official.DSPRITES_FILE, imgs=np.zeros((3, 64, 64), np.uint8)
   )
   config = moving_dsprites.MovingDspritesConfig(
     name="d", source="npz", num_train=2, num_test=2
@@ -692,7 +661,7 @@ def test_failed_build_leaves_built_data_intact(tmp_path, tiny_mnist):
 class _IndexBitImages:
   """Stands in for the 737280 official images: image i shows i's bits."""
 
-  shape = moving_dsprites.DSPRITES_IMAGES_SHAPE
+  shape = dsprites_official.DSPRITES_IMAGES_SHAPE
 
   def __getitem__(self, index):
     bits = (index[..., None] >> np.arange(20)) & 1
@@ -708,7 +677,7 @@ def test_official_frames_are_read_at_the_authors_index():
   orientations = np.array([[39, 0], [7, 3]])
   xs = np.array([[31, 4], [0, 9]])
   ys = np.array([[30, 1], [2, 31]])
-  frames = moving_dsprites.official_frames(
+  frames = dsprites_official.official_frames(
     _IndexBitImages(), content, orientations, xs, ys
   )
   assert frames.shape == (2, 64, 64, 3) and not frames[..., 2].any()
@@ -738,7 +707,7 @@ def test_npz_videos_are_occluded_and_rerender_from_their_factors(tmp_path):
   for example in map(make, range(config.num_train)):
     factors, pose = example["content_factors"], example["pose_factors"]
     content = factors[:-1].reshape(2, 3)
-    raw = moving_dsprites.official_frames(
+    raw = dsprites_official.official_frames(
       images,
       content[:, :2],
       np.broadcast_to(content[:, 2], (4, 2)),

@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage
 
 from mipae_jax.datasets import dsprites_shapes as shapes
-from mipae_jax.datasets import dsprites_statistics, moving_dsprites
+from mipae_jax.datasets import dsprites_splits, dsprites_statistics, moving_dsprites
 
 REFERENCE = (
   pathlib.Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def _videos(name, split, num_videos):
     c for c in moving_dsprites.MovingDsprites.BUILDER_CONFIGS if c.name == name
   )
   config = dataclasses.replace(config, seq_len=15)
-  contents = moving_dsprites.split_contents(config)[split]
+  contents = dsprites_splits.split_contents(config.rotating)[split]
   videos = []
   for index in range(num_videos):
     sample = moving_dsprites.sample_video(config, split, index, contents)

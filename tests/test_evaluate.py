@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, train_lstm
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import eval_outputs, evaluate, mig_scores, visualize
 from mipae_jax.experiments import compare, reproduce
 
@@ -232,7 +233,7 @@ def test_grey_mnist_has_no_channel_per_digit(tmp_path):
 def test_encoded_frames_equal_unbatched_encoding(evaluated, dsprites_data_dir):
   workdir, _ = evaluated
   config = _eval_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   networks, main, _ = restore.load_main_network(config, str(workdir), info)
   frames = np.random.default_rng(0).integers(0, 256, (11, 64, 64, 3), np.uint8)
   mesh = evaluate.sharding.create_mesh()
@@ -375,7 +376,7 @@ def test_bad_eval_config_fails_before_restoring(
 def test_bad_dataset_fails_before_restoring(
   tmp_path, dsprites_data_dir, monkeypatch, info_changes, message
 ):
-  real_info = input_pipeline.dataset_info
+  real_info = prepared.dataset_info
   monkeypatch.setattr(
     input_pipeline,
     "dataset_info",

@@ -21,10 +21,11 @@ from mipae_jax import (
   checkpointing,
   config_fields,
   config_validation,
-  input_pipeline,
   restore,
   train,
 )
+from mipae_jax import workdir as workdir_lib
+from mipae_jax.datasets import prepared
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def _hashes(directory) -> dict[str, str]:
 
 
 def _params(workdir, config, step=-1):
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   _, variables, step = restore.load_main_network(config, str(workdir), info, step)
   return jax.device_get(variables), step
 
@@ -72,7 +73,7 @@ def no_compile(monkeypatch):
 
 
 def _train_shard(data_dir) -> str:
-  builder = input_pipeline.get_builder(tiny_config(data_dir).dataset)
+  builder = prepared.get_builder(tiny_config(data_dir).dataset)
   (path,) = builder.info.splits["train"].filepaths
   return str(path)
 
@@ -176,7 +177,7 @@ def test_a_truncated_train_shard_is_named_before_compiling(
   data = open(shard, "rb").read()
   open(shard, "wb").write(data[: len(data) * 2 // 3])
   before = _hashes(workdir / "checkpoints")
-  with pytest.raises(input_pipeline.CorruptDataError) as raised:
+  with pytest.raises(prepared.CorruptDataError) as raised:
     train.train_and_evaluate(tiny_config(data_copy, num_train_steps=6), str(workdir))
   message = _one_line(raised.value)
   assert message.startswith(f"Dataset file {shard} is missing, truncated or corrupt")
@@ -196,7 +197,7 @@ def test_a_bad_record_names_its_file_and_no_save_is_left_half_done(
   data[start:stop] = random.Random(3).randbytes(stop - start)
   open(shard, "wb").write(bytes(data))
   before = _hashes(workdir / "checkpoints")
-  with pytest.raises(input_pipeline.CorruptDataError) as raised:
+  with pytest.raises(prepared.CorruptDataError) as raised:
     train.train_and_evaluate(tiny_config(data_copy, num_train_steps=6), str(workdir))
   message = _one_line(raised.value)
   assert message.startswith("Corrupt record ") and f" in {shard} (" in message
@@ -208,7 +209,7 @@ def test_a_failed_run_leaves_no_empty_folders(tmp_path, data_copy, no_compile):
   """A run that fails before saving removes the directories it created."""
   open(_train_shard(data_copy), "wb").write(b"")
   new = tmp_path / "new"
-  with pytest.raises(input_pipeline.CorruptDataError, match="0 of its 256 records"):
+  with pytest.raises(prepared.CorruptDataError, match="0 of its 256 records"):
     train.train_and_evaluate(tiny_config(data_copy), str(new / "run"))
   assert not new.exists()
 
@@ -337,9 +338,9 @@ def test_one_training_process_per_workdir(workdir, dsprites_data_dir, no_compile
   """A second writer exits at once with one line naming the first; the lock
   goes with its holder, and checkpoints are untouched."""
   before = _hashes(workdir / "checkpoints")
-  holder = checkpointing.WorkdirLock(str(workdir))
+  holder = workdir_lib.WorkdirLock(str(workdir))
   try:
-    with pytest.raises(checkpointing.WorkdirInUseError) as raised:
+    with pytest.raises(workdir_lib.WorkdirInUseError) as raised:
       train.train_and_evaluate(tiny_config(dsprites_data_dir), str(workdir))
     message = _one_line(raised.value)
     assert message.startswith(f"The workdir {workdir} is in use by another")
@@ -347,10 +348,10 @@ def test_one_training_process_per_workdir(workdir, dsprites_data_dir, no_compile
     assert isinstance(raised.value, PermissionError)  # one line on the CLI
   finally:
     holder.release()
-  assert not (workdir / checkpointing.LOCK_FILE).exists()
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()
   assert _hashes(workdir / "checkpoints") == before
   # Free again: the next writer takes it (and gives it back on its way out).
-  checkpointing.WorkdirLock(str(workdir)).release()
+  workdir_lib.WorkdirLock(str(workdir)).release()
 
 
 def test_a_killed_writers_lock_does_not_block_the_next(tmp_path):
@@ -358,8 +359,8 @@ def test_a_killed_writers_lock_does_not_block_the_next(tmp_path):
     [
       sys.executable,
       "-c",
-      "import sys, time; from mipae_jax import checkpointing; "
-      f"lock = checkpointing.WorkdirLock({str(tmp_path)!r}); print('held', flush=True); "
+      "import sys, time; from mipae_jax import workdir; "
+      f"lock = workdir.WorkdirLock({str(tmp_path)!r}); print('held', flush=True); "
       "time.sleep(60)",
     ],
     cwd=REPO,
@@ -367,11 +368,11 @@ def test_a_killed_writers_lock_does_not_block_the_next(tmp_path):
     text=True,
   )
   assert run.stdout.readline().strip() == "held"
-  with pytest.raises(checkpointing.WorkdirInUseError, match=f"pid {run.pid}"):
-    checkpointing.WorkdirLock(str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirInUseError, match=f"pid {run.pid}"):
+    workdir_lib.WorkdirLock(str(tmp_path))
   run.send_signal(signal.SIGKILL)
   run.wait(timeout=30)
-  checkpointing.WorkdirLock(str(tmp_path)).release()
+  workdir_lib.WorkdirLock(str(tmp_path)).release()
 
 
 def test_an_error_that_is_not_ours_is_one_line_with_its_traceback_on_demand(

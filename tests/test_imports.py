@@ -65,7 +65,7 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_registry_lists_every_dataset_mig_renders_static_frames_of():
   from mipae_jax import config_validation, registry
-  from mipae_jax.evaluation import mig_frames
+  from mipae_jax.evaluation import mig_frames, mig_sources
 
-  assert set(mig_frames.DATASETS) == set(registry.DATASETS)
+  assert set(mig_sources.DATASETS) == set(registry.DATASETS)
   assert mig_frames.PROTOCOLS == config_validation.STATIC_MIG_PROTOCOLS

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mipae_jax import input_pipeline
-from mipae_jax.datasets import moving_dsprites
+from mipae_jax.datasets import moving_dsprites, prepared
 
 SEQ_LEN = 10
 NUM_TRAIN = 24
@@ -41,7 +41,7 @@ def dataset_config(tmp_path_factory):
     name="pipeline", seq_len=SEQ_LEN, num_train=NUM_TRAIN, num_test=NUM_TEST
   )
   config = _dataset_config(tmp_path_factory.mktemp("tfds"), builder_config)
-  input_pipeline.prepare_dataset(config)
+  prepared.prepare_dataset(config)
   return config
 
 
@@ -64,7 +64,7 @@ def _assert_same_batches(first, second):
 
 
 def test_dataset_info_describes_the_dataset(dataset_config):
-  info = input_pipeline.dataset_info(dataset_config)
+  info = prepared.dataset_info(dataset_config)
   assert (info.seq_len, info.height, info.width, info.channels) == (SEQ_LEN, 64, 64, 3)
   assert (info.num_train, info.num_test) == (NUM_TRAIN, NUM_TEST)
   assert info.content_factor_names[:3] == (
@@ -247,11 +247,11 @@ def test_unknown_or_unbuilt_datasets_say_how_to_fix_them(tmp_path):
   with pytest.raises(ValueError, match="Unknown dataset 'moving_cifar'"):
     unknown = _dataset_config(tmp_path, "fixed")
     unknown.name = "moving_cifar"
-    input_pipeline.get_builder(unknown)
+    prepared.get_builder(unknown)
   with pytest.raises(
     ValueError, match=r"no builder config 'spinning'.*'rotating_small'"
   ):
-    input_pipeline.get_builder(_dataset_config(tmp_path, "spinning"))
+    prepared.get_builder(_dataset_config(tmp_path, "spinning"))
   unbuilt = _dataset_config(tmp_path, "rotating_small", prepare=False)
   with pytest.raises(
     FileNotFoundError, match="rotating_small version 2.0.0 is not built"
@@ -270,23 +270,23 @@ def test_data_of_an_older_builder_version_is_never_read(tmp_path, caplog):
       name="versions", seq_len=4, num_train=4, num_test=2
     ),
   )
-  builder = input_pipeline.prepare_dataset(config)
+  builder = prepared.prepare_dataset(config)
   current = builder.data_path
   old = current.parent / "1.1.0"
   current.rename(old)  # What an older release prepared.
   config.prepare = False
   with pytest.raises(FileNotFoundError) as error:
-    input_pipeline.prepare_dataset(config)
+    prepared.prepare_dataset(config)
   message = str(error.value)
   assert "\n" not in message
   assert "version 2.0.0 is not built" in message
   assert "version 1.1.0 there is superseded and never read" in message
   config.prepare = True
   with caplog.at_level("WARNING"):
-    rebuilt = input_pipeline.prepare_dataset(config)
+    rebuilt = prepared.prepare_dataset(config)
   assert rebuilt.is_prepared() and str(rebuilt.version) == "2.0.0"
   assert "building version 2.0.0 (version 1.1.0 there is superseded" in caplog.text
-  assert input_pipeline.dataset_info(config).version == "2.0.0"
+  assert prepared.dataset_info(config).version == "2.0.0"
 
 
 def test_a_killed_prepares_folder_is_removed_by_the_next_prepare(
@@ -305,11 +305,11 @@ def test_a_killed_prepares_folder_is_removed_by_the_next_prepare(
   live = config_dir / "incomplete.XYZ789_2.0.0"
   live.mkdir()
   (live / "shard").write_bytes(b"being written")
-  old = time.time() - 2 * input_pipeline.STALE_BUILD_S
+  old = time.time() - 2 * prepared.STALE_BUILD_S
   for path in (stale, stale / "sub", stale / "sub" / "shard"):
     os.utime(path, (old, old))
   with caplog.at_level("WARNING"):
-    builder = input_pipeline.prepare_dataset(config)
+    builder = prepared.prepare_dataset(config)
   assert builder.is_prepared()
   assert not stale.exists()
   assert live.exists()  # recent: another prepare may be writing it
@@ -319,9 +319,7 @@ def test_a_killed_prepares_folder_is_removed_by_the_next_prepare(
 
 def test_corrupted_video_records_are_clear_errors(dataset_config):
   decoder = input_pipeline._VideoPrefixDecoder(4)
-  decoder.setup(
-    feature=input_pipeline.get_builder(dataset_config).info.features["video"]
-  )
+  decoder.setup(feature=prepared.get_builder(dataset_config).info.features["video"])
   with pytest.raises(ValueError, match="Corrupted video record"):
     decoder.decode_example_np(b"not zlib data")
   with pytest.raises(ValueError, match="Corrupted video record: 5 bytes"):
@@ -347,7 +345,7 @@ def _fresh(dataset_config):
 
 
 def test_fresh_videos_are_the_stored_ones_then_new_draws(dataset_config):
-  builder = input_pipeline.get_builder(dataset_config)
+  builder = prepared.get_builder(dataset_config)
   fresh = input_pipeline.FreshVideos(builder, dataset_config, num_frames=6)
   assert len(fresh) == input_pipeline.FRESH_STREAM_LENGTH
   stored = builder.as_data_source("train")

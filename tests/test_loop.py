@@ -17,10 +17,11 @@ from mipae_jax import (
   restore,
   train,
 )
+from mipae_jax.datasets import prepared
 
 
 def _params(workdir, config):
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   _, variables, step = restore.load_main_network(config, str(workdir), info)
   return jax.device_get(variables), step
 
@@ -137,7 +138,7 @@ def test_checkpoints_from_before_fresh_videos_count_as_stored_videos(
   dsprites_data_dir,
 ):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   wanted = checkpointing.experiment_fingerprint(config, info)
   older = {k: v for k, v in wanted.items() if k != "fresh_train_videos"}
   assert checkpointing._mismatch(older, wanted) == {}
@@ -148,7 +149,7 @@ def test_checkpoints_from_before_fresh_videos_count_as_stored_videos(
 
 def test_checkpoints_of_another_dataset_version_are_refused(dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   wanted = checkpointing.experiment_fingerprint(config, info)
   assert wanted["dataset_version"] == "2.0.0"
   older = {**wanted, "dataset_version": "1.1.0"}

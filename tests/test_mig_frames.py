@@ -82,7 +82,7 @@ def test_frames_are_distinct_and_re_render_from_their_factors(frames_and_factors
   dataset, (frames, content, pose) = frames_and_factors
   assert frames.shape == (NUM_FRAMES, 64, 64, 3) and frames.dtype == np.uint8
   assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
-  builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
+  builder_config = mig_frames.prepared.get_builder(dataset).builder_config
   np.testing.assert_array_equal(
     moving_dsprites.render_frames(builder_config, content[:50], pose[:50]), frames[:50]
   )
@@ -282,7 +282,7 @@ def test_rotating_dsprites_frames_are_distinct_and_reach_the_ceiling(tmp_path):
   frames, content, pose = mig_frames.mig_frames(dataset, NUM_FRAMES, protocol="joint")
   assert len(np.unique(frames.reshape(NUM_FRAMES, -1), axis=0)) == NUM_FRAMES
   assert (len(np.unique(content, axis=0)), len(np.unique(pose, axis=0))) == (72, 90)
-  builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
+  builder_config = mig_frames.prepared.get_builder(dataset).builder_config
   np.testing.assert_array_equal(
     moving_dsprites.render_frames(builder_config, content[:50], pose[:50]), frames[:50]
   )
@@ -300,7 +300,7 @@ def test_mpi3d_frames_are_distinct_test_contents_and_re_render(
   # Each photograph names the factors it was gathered from.
   np.testing.assert_array_equal(frames[:, 0, :7, 0], np.concatenate([content, pose], 1))
   images = moving_mpi3d.load_images(mpi3d_manual_dir / moving_mpi3d.MPI3D_FILE)
-  builder_config = mig_frames.input_pipeline.get_builder(dataset).builder_config
+  builder_config = mig_frames.prepared.get_builder(dataset).builder_config
   np.testing.assert_array_equal(
     moving_mpi3d.render_frames(builder_config, content, pose, images), frames
   )

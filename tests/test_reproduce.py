@@ -4,6 +4,8 @@ import json
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +15,7 @@ from ml_collections import config_flags
 from mipae_jax import config_fields, train, train_lstm
 from mipae_jax.configs import base, mipae_dsprites
 from mipae_jax.evaluation import evaluate
-from mipae_jax.experiments import paper, report, reproduce
+from mipae_jax.experiments import paper, report, reproduce, verdict
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -208,10 +210,10 @@ def test_comparison_sentences_follow_the_numbers():
       "frame_metrics": {"frames": [1, 2], "curves": {"lpips_alex": curve}},
     }
 
-  better = report.comparison_sentences(
+  better = verdict.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.9, 0.1), "drnet": run(0.8, 0.3)}
   )
-  worse = report.comparison_sentences(
+  worse = verdict.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.7, 0.4), "drnet": run(0.8, 0.3)}
   )
   mig_better = next(s for s in better if s.startswith("MIG:"))
@@ -226,7 +228,7 @@ def test_comparison_sentences_follow_the_numbers():
   assert "Without an interval: MIG" in better[-1]
   assert "DRNET on 2" in worse[-1] and "does not match" in worse[-1]
   # MIPAE ahead everywhere, but LPIPS within the intervals: no claim of a match.
-  close = report.comparison_sentences(
+  close = verdict.comparison_sentences(
     "moving_dsprites", {"mipae": run(0.9, 0.29), "drnet": run(0.8, 0.3)}
   )
   assert "MIPAE leads on 2 of 2" in close[-1]
@@ -239,12 +241,12 @@ def test_comparison_sentences_follow_the_numbers():
     result["mig"] |= {f"{term}_ci95": ci95 for term in paper.TABLE_I_TERMS}
     return result
 
-  noisy = report.comparison_sentences(
+  noisy = verdict.comparison_sentences(
     "moving_dsprites", {"mipae": with_ci(0.9, 0.06), "drnet": with_ci(0.8, 0.06)}
   )
   assert "intervals overlap" in next(s for s in noisy if s.startswith("MIG:"))
   assert "Within the 95 % intervals (noise): MIG" in noisy[-1]
-  clear = report.comparison_sentences(
+  clear = verdict.comparison_sentences(
     "moving_dsprites", {"mipae": with_ci(0.9, 0.01), "drnet": with_ci(0.8, 0.01)}
   )
   assert "do not overlap" in next(s for s in clear if s.startswith("MIG:"))
@@ -302,3 +304,34 @@ def test_unknown_variant_names_the_valid_ones(monkeypatch):
     base.apply_variant(base.get_base_config(), "huge")
   with pytest.raises(flags.IllegalFlagValueError, match=valid):
     _main_config("configs/mipae_mnist.py:huge")
+
+
+@pytest.mark.slow
+def test_the_quickstart_command_leaves_a_report_and_names_it(
+  tmp_path, dsprites_data_dir
+):
+  """README's one command, at the tiny scale, from a fresh process: both
+  methods trained, evaluated and reported; it prints where the report and
+  the pictures are."""
+  workdir = tmp_path / "quick"
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mipae_jax.main",
+      "--mode=reproduce",
+      "--config=configs/mipae_dsprites.py:tiny",
+      f"--workdir={workdir}",
+      f"--config.dataset.data_dir={dsprites_data_dir}",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  report_path = workdir / report.REPORT_FILE
+  assert f"Report: {report_path}" in done.stdout
+  assert f"Pictures: {workdir / report.FIGURES_DIR}" in done.stdout
+  assert "## Comparison" in report_path.read_text()
+  assert any((workdir / report.FIGURES_DIR).glob("*.png"))

@@ -14,6 +14,7 @@ from mipae_jax import (
   train_lstm,
   train_state,
 )
+from mipae_jax.datasets import prepared
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def lstm_workdir(tmp_path_factory, trained_workdir, dsprites_data_dir):
 @pytest.mark.slow
 def test_stage_two_lowers_the_pose_loss(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
   pose_lstm, trained, _ = restore.load_pose_lstm(config, str(lstm_workdir), info)
   initial = train_state.create_lstm_state(
@@ -68,7 +69,7 @@ def test_stage_two_leaves_the_main_network_bit_identical(
   lstm_workdir, trained_workdir, dsprites_data_dir
 ):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   _, before, _ = restore.load_main_network(config, str(trained_workdir), info)
   _, after, _ = restore.load_main_network(config, str(lstm_workdir), info)
   jax.tree.map(
@@ -79,7 +80,7 @@ def test_stage_two_leaves_the_main_network_bit_identical(
 @pytest.mark.parametrize("horizon", [1, 4, 12])
 def test_prediction_has_the_asked_horizon(lstm_workdir, dsprites_data_dir, horizon):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
   pose_lstm, lstm_params, step = restore.load_pose_lstm(config, str(lstm_workdir), info)
   assert step == 12
@@ -115,7 +116,7 @@ def test_resumed_stage_two_equals_uninterrupted(
     str(tmp_path),
   )
   resumed = train_lstm.train_and_evaluate(full, str(tmp_path))
-  info = input_pipeline.dataset_info(full.dataset)
+  info = prepared.dataset_info(full.dataset)
   _, uninterrupted, _ = restore.load_pose_lstm(full, str(lstm_workdir), info)
   jax.tree.map(
     np.testing.assert_array_equal,
@@ -151,7 +152,7 @@ def test_context_longer_than_the_video_is_refused(trained_workdir, dsprites_data
 
 def test_horizon_below_one_is_refused(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   networks, main, _ = restore.load_main_network(config, str(lstm_workdir), info)
   pose_lstm, lstm_params, _ = restore.load_pose_lstm(config, str(lstm_workdir), info)
   context = np.zeros((2, 3, 64, 64, 3), np.uint8)
@@ -166,7 +167,7 @@ def test_horizon_below_one_is_refused(lstm_workdir, dsprites_data_dir):
 
 def test_lstm_of_another_main_network_step_is_refused(lstm_workdir, dsprites_data_dir):
   config = tiny_config(dsprites_data_dir)
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   with pytest.raises(
     checkpointing.CheckpointError, match="main_step: checkpoint=4 vs config=2"
   ):

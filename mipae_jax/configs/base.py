@@ -13,9 +13,9 @@ the paper's in every variant:
             sequences, MIG on 20k frames, LPIPS alex only (about 1.5 hours
             for both methods on a 2-core CPU; mipae_jax/experiments/paper.py,
             REDUCED_RATIONALE).
-  smoke     the quickstart (`--mode=reproduce`, about 10 minutes for both
-            methods on a 2-core CPU): the small embedded dataset's fresh
-            videos, batch 16, 600 main and 200 LSTM steps, 10 predicted
+  smoke     the quickstart (`--mode=reproduce`: 8.7 min for MIPAE alone,
+            17.5 min for both methods on an idle 2-core CPU): the small
+            embedded dataset's fresh videos, batch 16, 600 main and 200 LSTM steps, 10 predicted
             frames of 32 test sequences, MIG on 2 x 1,000 frames, LPIPS alex;
             videos of the paper's length (15 frames, 5 + 10 for the LSTM).
   tiny      seconds per stage, for the tests and `--scale=tiny`: the small
@@ -227,7 +227,7 @@ def apply_reduced(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The quickstart's scale: long enough for the decoder to draw sprites that
-  follow the pose, short enough for both methods in about 10 minutes on a
+  follow the pose, short enough for MIPAE in about 9 minutes on an idle
   2-core CPU; architectures stay the same."""
   config.dataset.builder_config = f"{config.dataset.builder_config}_small"
   _schedule(config, batch=16, steps=600, log=50, image=300, checkpoint=300)

@@ -18,8 +18,8 @@ two sprites it is the front sprite itself (the authors' `front`).
 Content combinations are split as in the authors' split files, so the test
 split holds only combinations never seen in training: each sprite's (shape,
 scale, orientation) when fixed (500 train / 220 test of 720), (shape, scale)
-when rotating (12 / 6 of 18). The tables are embedded below
-(AUTHORS_TEST_CONTENTS) and stored in the metadata ("train_contents",
+when rotating (12 / 6 of 18). The tables are embedded in
+dsprites_splits.py and stored in the metadata ("train_contents",
 "test_contents"); the depth order is drawn from all orders in both splits.
 
 render_frames draws single frames from given factors with the code that draws
@@ -40,26 +40,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from mipae_jax.datasets import common, motion
+from mipae_jax.datasets import common, dsprites_official, dsprites_splits, motion
 from mipae_jax.datasets import dsprites_shapes as shapes
 
 VELOCITY_RANGE = (-2, 2)
 ROTATION_STEP_RANGE = (-2, 2)
 MAX_POSITION = shapes.NUM_POSITIONS - 1
-DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
-DSPRITES_URL = (
-  f"https://github.com/deepmind/dsprites-dataset/raw/master/{DSPRITES_FILE}"
-)
-DSPRITES_IMAGES_SHAPE = (
-  shapes.NUM_SHAPES
-  * shapes.NUM_SCALES
-  * shapes.NUM_ORIENTATIONS
-  * shapes.NUM_POSITIONS
-  * shapes.NUM_POSITIONS,
-  shapes.CANVAS_SIZE,
-  shapes.CANVAS_SIZE,
-)
-_HOW_TO_OBTAIN = f"download it from {DSPRITES_URL}"
 DEPTH_ORDER_FACTOR = "depth_order"
 
 
@@ -93,7 +79,7 @@ class MovingDspritesConfig(common.MovingVideoConfig):
 
   @property
   def sprite_content_factor_names(self) -> tuple[str, ...]:
-    """Content factors of one sprite (the combinations split_contents splits)."""
+    """Content factors of one sprite (the combinations dsprites_splits splits)."""
     return ("shape", "scale") if self.rotating else ("shape", "scale", "orientation")
 
   @property
@@ -139,7 +125,8 @@ def factor_sizes(
 
   Columns are those of config.content_factor_names and pose_factor_names; a
   column with n values takes the values 0 .. n - 1. Not every content row is
-  in every split: each sprite's block must be in split_contents(config)[split].
+  in every split: each sprite's block must be in the split's contents
+  (dsprites_splits.split_contents).
   """
   content = [_FACTOR_SIZES[n] for n in config.sprite_content_factor_names]
   content *= config.num_sprites
@@ -180,56 +167,6 @@ def occlude(frames: np.ndarray, order: np.ndarray) -> np.ndarray:
   return occluded
 
 
-def all_contents(rotating: bool) -> np.ndarray:
-  """Returns every content combination, int [N, 2 or 3], in lexicographic order."""
-  sizes = [shapes.NUM_SHAPES, shapes.NUM_SCALES]
-  if not rotating:
-    sizes.append(shapes.NUM_ORIENTATIONS)
-  return np.stack(np.unravel_index(np.arange(np.prod(sizes)), sizes), -1)
-
-
-# The authors' content split (their data/dsprites_test_split.npy and
-# dsprites_no_rot_test_split.npy): the test combinations, every other one is
-# train. Fixed orientation: linear indices of (shape, scale, orientation) in
-# all_contents(rotating=False); rotating: (shape, scale) pairs.
-AUTHORS_TEST_CONTENTS = {
-  False: (
-    4, 7, 8, 9, 20, 23, 29, 37, 38, 39, 41, 42, 44, 46, 47, 48, 56, 67, 68, 70,
-    75, 78, 79, 80, 84, 86, 89, 93, 94, 101, 102, 107, 108, 109, 111, 112, 116,
-    118, 123, 137, 138, 140, 147, 149, 155, 158, 159, 166, 167, 169, 170, 173,
-    174, 181, 192, 194, 198, 201, 208, 209, 214, 215, 219, 233, 235, 237, 240,
-    245, 247, 248, 249, 251, 254, 258, 263, 264, 265, 266, 273, 274, 275, 277,
-    282, 289, 290, 292, 296, 297, 299, 300, 303, 306, 308, 309, 310, 314, 317,
-    321, 322, 323, 328, 330, 340, 345, 348, 357, 363, 365, 372, 379, 381, 384,
-    386, 388, 394, 395, 397, 401, 403, 407, 412, 413, 414, 415, 422, 423, 425,
-    432, 434, 436, 438, 440, 441, 446, 449, 450, 453, 454, 459, 460, 465, 467,
-    471, 472, 474, 480, 481, 482, 486, 488, 490, 492, 504, 508, 512, 513, 516,
-    519, 525, 527, 530, 535, 540, 547, 548, 551, 552, 555, 556, 557, 559, 563,
-    568, 574, 577, 579, 581, 583, 588, 592, 598, 602, 606, 609, 611, 613, 614,
-    618, 619, 623, 627, 628, 631, 637, 638, 639, 643, 645, 646, 647, 654, 657,
-    658, 659, 662, 669, 670, 673, 674, 682, 687, 688, 690, 691, 695, 700, 702,
-    704, 706, 713,
-  ),
-  True: ((0, 1), (0, 3), (0, 5), (1, 0), (1, 1), (1, 5)),
-}  # fmt: skip
-
-
-def split_contents(config: MovingDspritesConfig) -> dict[str, np.ndarray]:
-  """Returns the authors' disjoint content combinations of each split.
-
-  Rows are in lexicographic order: (shape, scale, orientation) when fixed
-  (500 train / 220 test), (shape, scale) when rotating (12 / 6).
-  """
-  contents = all_contents(config.rotating)
-  is_test = np.zeros(len(contents), bool)
-  if config.rotating:
-    held_out = set(AUTHORS_TEST_CONTENTS[True])
-    is_test[:] = [tuple(c) in held_out for c in contents.tolist()]
-  else:
-    is_test[list(AUTHORS_TEST_CONTENTS[False])] = True
-  return {"train": contents[~is_test], "test": contents[is_test]}
-
-
 def sample_video(
   config: MovingDspritesConfig, split: str, index: int, contents: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -239,7 +176,7 @@ def sample_video(
     config: the dataset config.
     split: "train" or "test".
     index: the video's index within the split.
-    contents: the split's allowed content combinations (split_contents).
+    contents: the split's allowed content combinations (dsprites_splits.split_contents).
 
   Returns:
     "content" int32 [S, 2 or 3] (shape, scale[, orientation]) per sprite;
@@ -276,51 +213,6 @@ def sample_video(
   }
 
 
-def load_official_images(path) -> np.ndarray:
-  """Returns the official dSprites images, uint8 {0, 1} [737280, 64, 64]."""
-  images = common.load_npz_array(path, "imgs")
-  if images.shape != DSPRITES_IMAGES_SHAPE:
-    raise ValueError(
-      f"{path}: expected 'imgs' of shape {DSPRITES_IMAGES_SHAPE} (dSprites), "
-      f"found {images.shape}."
-    )
-  return images
-
-
-def official_frames(
-  images: np.ndarray,
-  content: np.ndarray,
-  orientations: np.ndarray,
-  xs: np.ndarray,
-  ys: np.ndarray,
-) -> np.ndarray:
-  """Looks frames up in the official images; same contract as shapes.render_frames.
-
-  dSprites orders its images by (shape, scale, orientation, posX, posY).
-  """
-  num_frames, num_sprites = xs.shape
-  content = np.broadcast_to(content, (num_frames, num_sprites, 2))
-  index = np.ravel_multi_index(
-    (
-      content[..., 0],
-      content[..., 1],
-      orientations,
-      xs,
-      ys,
-    ),
-    (
-      shapes.NUM_SHAPES,
-      shapes.NUM_SCALES,
-      shapes.NUM_ORIENTATIONS,
-      shapes.NUM_POSITIONS,
-      shapes.NUM_POSITIONS,
-    ),
-  )
-  frames = np.zeros((num_frames, shapes.CANVAS_SIZE, shapes.CANVAS_SIZE, 3), np.uint8)
-  frames[..., :num_sprites] = np.moveaxis(images[index], 1, -1) * np.uint8(255)
-  return frames
-
-
 def pose_and_content(
   config: MovingDspritesConfig, sample: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -336,12 +228,6 @@ def pose_and_content(
   if config.num_sprites >= 2:
     content.append(sample["depth_order"].reshape(1))
   return np.concatenate(content).astype(np.int32), pose_factors
-
-
-def _official_images_in(manual_dir: epath.PathLike | None) -> np.ndarray:
-  """Loads the official images from a manual dir, or a one-line error."""
-  path = common.find_manual_file(manual_dir, DSPRITES_FILE, _HOW_TO_OBTAIN)
-  return load_official_images(os.fspath(path))
 
 
 def render_frames(
@@ -365,7 +251,7 @@ def render_frames(
       sprite x, y[, orientation]).
     manual_dir: "npz" configs: directory holding the official dSprites .npz,
       read when `images` is not given. Ignored by "renderer" configs.
-    images: "npz" configs: the official images (load_official_images), so
+    images: "npz" configs: the official images (dsprites_official), so
       repeated calls do not reload the 3 GB file.
 
   Returns:
@@ -394,8 +280,8 @@ def render_frames(
   )
   if config.source == "npz":
     if images is None:
-      images = _official_images_in(manual_dir)
-    frames = official_frames(images, *factors)
+      images = dsprites_official.images_in(manual_dir)
+    frames = dsprites_official.official_frames(images, *factors)
   else:
     frames = shapes.render_frames(*factors)
   if num_sprites > 1:
@@ -422,8 +308,8 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     ),
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    f"Only the *_npz configs need a manual dir: put {DSPRITES_FILE} "
-    f"(from {DSPRITES_URL}) in it."
+    f"Only the *_npz configs need a manual dir: put {dsprites_official.DSPRITES_FILE} "
+    f"(from {dsprites_official.DSPRITES_URL}) in it."
   )
   BUILDER_CONFIGS = [
     MovingDspritesConfig(
@@ -461,7 +347,7 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     num_sprites = config.num_sprites
-    contents = split_contents(config)
+    contents = dsprites_splits.split_contents(config.rotating)
     content_sizes, pose_sizes = factor_sizes(config)
     return tfds.core.DatasetInfo(
       builder=self,
@@ -495,7 +381,7 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     images = None
     if self.builder_config.source == "npz":
-      images = _official_images_in(common.manual_dir_of(dl_manager))
+      images = dsprites_official.images_in(common.manual_dir_of(dl_manager))
     return {
       split: self._generate_examples(split, self.example_fn(split, images=images))
       for split in ("train", "test")
@@ -517,8 +403,8 @@ class MovingDsprites(common.StoredStream, tfds.core.GeneratorBasedBuilder):
     """
     config = common.with_seq_len(self.builder_config, seq_len)
     if config.source == "npz" and images is None:
-      images = _official_images_in(manual_dir)
-    contents = split_contents(config)[split]
+      images = dsprites_official.images_in(manual_dir)
+    contents = dsprites_splits.split_contents(config.rotating)[split]
 
     def example(index: int) -> dict[str, np.ndarray]:
       sample = sample_video(config, split, index, contents)

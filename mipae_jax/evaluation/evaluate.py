@@ -33,6 +33,7 @@ from mipae_jax import (
   restore,
   sharding,
 )
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import eval_outputs, metrics, mig_scores, progress
 from mipae_jax.evaluation.eval_outputs import (
   MIG_TAGS,
@@ -75,7 +76,7 @@ def object_channels(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
   """The objects drawn one per colour channel (object i in channel i), and
   why there are none: Moving dSprites' sprites, colour Moving MNIST's
   digits; grey Moving MNIST and MPI3D have no channel per object."""
-  builder_config = input_pipeline.get_builder(config.dataset).builder_config
+  builder_config = prepared.get_builder(config.dataset).builder_config
   if config.dataset.name == "moving_dsprites":
     return tuple(f"sprite{s}" for s in range(builder_config.num_sprites)), ""
   if config.dataset.name == "moving_mnist":
@@ -230,7 +231,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config_validation.validate_eval(config)
   mesh = sharding.create_mesh()
   config_validation.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   config_validation.check_dataset(config, info)
   num_sequences = config_validation.check_eval_data(config, info)
   num_context, num_future = config.eval.num_context, config.eval.num_future

@@ -37,6 +37,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, sharding
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import eval_outputs, mig_scores, visualize
 
 CURVES_DIR = "curves"
@@ -97,7 +98,7 @@ def score_checkpoints(
   """Scores every kept checkpoint of `workdir` not scored yet; returns all
   scores, one dict per step, sorted by step."""
   mesh = sharding.create_mesh()
-  info = input_pipeline.dataset_info(config.dataset)
+  info = prepared.dataset_info(config.dataset)
   out_dir = epath.Path(workdir) / CURVES_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   path = out_dir / SCORES_FILE

@@ -25,8 +25,8 @@ Scales (`SCALES`) are the variants of the config files (configs/base.py):
            hours (measured step times in paper.REDUCED_RATIONALE).
   smoke    `:smoke`, the quickstart: 600 main and 200 LSTM steps at batch 16
            on the small embedded dataset's fresh videos, a short evaluation;
-           both methods in about 10 minutes on a 2-core CPU, far enough for
-           a decoder to draw sprites that follow the pose.
+           8.7 min for MIPAE, 17.5 min for both methods on an idle 2-core
+           CPU, far enough for a decoder to draw sprites that follow the pose.
   tiny     `:tiny`, a few steps on the small embedded dataset, for tests.
 """
 
@@ -46,13 +46,13 @@ from mipae_jax import (
   checkpointing,
   commands,
   config_fields,
-  input_pipeline,
   registry,
   restore,
   sweeps,
   train,
   train_lstm,
 )
+from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import eval_outputs, evaluate
 from mipae_jax.experiments import compare, report
 from mipae_jax.registry import CONFIG_SUFFIXES, METHODS
@@ -376,11 +376,11 @@ def reproduce(
   root.mkdir(parents=True, exist_ok=True)
   timings = Timings(root / TIMINGS_FILE)
   dataset_config = configs[methods[0]].dataset
-  if not input_pipeline.get_builder(dataset_config).is_prepared():
+  if not prepared.get_builder(dataset_config).is_prepared():
     started = time.monotonic()
-    input_pipeline.prepare_dataset(dataset_config)
+    prepared.prepare_dataset(dataset_config)
     timings.add("data", "prepare", time.monotonic() - started, 0, 0)
-  info = input_pipeline.dataset_info(dataset_config)
+  info = prepared.dataset_info(dataset_config)
   reference = paper_config(dataset, methods[0])
   changed = config_fields.changed_fields(configs[methods[0]], reference)
   run = report.Reproduction(
