@@ -61,6 +61,14 @@ flags.DEFINE_integer(
 )
 
 
+def _code(rng, own, other, dims):
+  """tanh of a random linear map of `own` features with a 5 % leak of `other`,
+  plus noise of std 0.01: codes near a low-dimensional manifold."""
+  mixed = own @ rng.normal(size=(own.shape[1], dims))
+  leaked = 0.05 * other @ rng.normal(size=(other.shape[1], dims))
+  return np.tanh(mixed + leaked) + 0.01 * rng.normal(size=(own.shape[0], dims))
+
+
 def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
   """dSprites-like discrete factors and codes that mostly disentangle them."""
   rng = np.random.default_rng(seed)
@@ -75,13 +83,8 @@ def synthetic_factors_and_codes(num_frames: int, seed: int = 0):
   )
   pose_features = np.stack([x / 31.0, y / 31.0], 1)
 
-  def code(own, other, dims):
-    mixed = own @ rng.normal(size=(own.shape[1], dims))
-    leaked = 0.05 * other @ rng.normal(size=(other.shape[1], dims))
-    return np.tanh(mixed + leaked) + 0.01 * rng.normal(size=(num_frames, dims))
-
-  z_c = code(content_features, pose_features, 128)
-  z_p = code(pose_features, content_features, 5)
+  z_c = _code(rng, content_features, pose_features, 128)
+  z_p = _code(rng, pose_features, content_features, 5)
   content = np.stack([shape, scale, orientation], 1)
   pose = np.stack([x, y], 1)
   return content, pose, z_c.astype(np.float32), z_p.astype(np.float32)
@@ -108,13 +111,8 @@ def per_object_factors_and_codes(num_frames: int, seed: int = 0):
   )
   pose_features = np.concatenate([x / 31.0, y / 31.0], axis=1)
 
-  def code(own, other, dims):
-    mixed = own @ rng.normal(size=(own.shape[1], dims))
-    leaked = 0.05 * other @ rng.normal(size=(other.shape[1], dims))
-    return np.tanh(mixed + leaked) + 0.01 * rng.normal(size=(num_frames, dims))
-
-  z_c = code(content_features, pose_features, 128)
-  z_p = code(pose_features, content_features, 5)
+  z_c = _code(rng, content_features, pose_features, 128)
+  z_p = _code(rng, pose_features, content_features, 5)
   content = np.stack([shape[:, 0], scale[:, 0], shape[:, 1], scale[:, 1], depth], 1)
   pose = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1)
   objects = {"sprite0": ((0, 1), (0, 1)), "sprite1": ((2, 3), (2, 3))}

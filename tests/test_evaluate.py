@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mipae_jax import autoencoder, checkpointing, input_pipeline, restore, train_lstm
+from mipae_jax import autoencoder, checkpointing, restore, train_lstm
 from mipae_jax.datasets import prepared
 from mipae_jax.evaluation import eval_outputs, evaluate, mig_scores, visualize
 from mipae_jax.experiments import compare, reproduce
@@ -378,7 +378,7 @@ def test_bad_dataset_fails_before_restoring(
 ):
   real_info = prepared.dataset_info
   monkeypatch.setattr(
-    input_pipeline,
+    prepared,
     "dataset_info",
     lambda dataset_config: dataclasses.replace(
       real_info(dataset_config), **info_changes

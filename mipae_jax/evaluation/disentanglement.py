@@ -1,7 +1,7 @@
 """Disentanglement metrics (eq. 8, Table I) of discrete factors and continuous
 codes given as NumPy-compatible arrays: `mutual_information` (Ross 2014 k-NN
-estimator, Euclidean by default, a blocked brute-force search in JAX, with
-scikit-learn's KD-tree as the reference: `knn_mi`), `entropy` (Grassberger
+estimator, Euclidean by default, an exact search in JAX pruned by k-means
+cells, with scikit-learn's KD-tree as the reference: `knn_mi`), `entropy` (Grassberger
 2003 estimator) and `mig`.
 """
 
@@ -109,17 +109,15 @@ def mutual_information(
   by rescaling a single one. On 1-D codes without ties (where both metrics
   agree) it equals `mutual_info_classif(codes[:, None], labels, n_neighbors=k)`.
 
-  estimator="jax" (the default) is a blocked brute-force search in float32 on
-  the default JAX device: distances from matrix products where their error
-  bound is below 1e-3 of the squared radius (checked per point, with codes
-  centred globally or at a label mean), else from coordinate differences;
-  codes that are not float32 keep a float32 remainder for the differences.
-  It gives the float64 reference's counts except for distances that differ
-  from d_i by less than float32 resolves (ties other than exact duplicates,
-  which are handled as the reference does). Chebyshev distances always take
-  the (slower) difference form. estimator="sklearn" is the float64 KD-tree
-  reference, slow for many high-dimensional codes (minutes per term for
-  100,000 128-d codes).
+  estimator="jax" (the default) is an exact search in float64 on the default
+  JAX device, pruned by k-means cells (knn_mi): distances from matrix
+  products on locally centred codes where their error bound is below 1e-3 of
+  the squared radius, else from coordinate differences. It gives the float64
+  reference's counts except for distances that differ from d_i by less than
+  that bound (ties other than exact duplicates, which are handled as the
+  reference does). Chebyshev distances always take the (slower) difference
+  form. estimator="sklearn" is the float64 KD-tree reference, slow for many
+  high-dimensional codes (minutes per term for 100,000 128-d codes).
 
   Args:
     factors: integer (or other discrete) array [N] or [N, F]; each row is

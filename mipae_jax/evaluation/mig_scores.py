@@ -15,7 +15,13 @@ import numpy as np
 from absl import logging
 
 from mipae_jax import autoencoder, input_pipeline, sharding
-from mipae_jax.evaluation import disentanglement, metrics, mig_frames, progress
+from mipae_jax.evaluation import (
+  disentanglement,
+  metrics,
+  mig_frames,
+  mig_sources,
+  progress,
+)
 from mipae_jax.models.networks import Networks
 
 EncodeFn = Callable[[dict[str, Any], jax.Array], tuple[jax.Array, jax.Array]]
@@ -101,7 +107,7 @@ def mig_with_ceiling(
   pose: np.ndarray,
   z_c: np.ndarray,
   z_p: np.ndarray,
-  objects: mig_frames.Objects | None = None,
+  objects: mig_sources.Objects | None = None,
 ) -> dict[str, float]:
   """eq. 8 and its Table I terms for (z_c, z_p), beside the protocol's
   ceiling and floor on the same frames: oracle codes (a perfect encoder),
