@@ -107,6 +107,19 @@ def test_pruned_search_equals_the_reference_for_any_number_of_cells(
   np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
+def test_dense_pass_for_codes_that_do_not_prune_equals_the_reference(
+  metric, monkeypatch
+):
+  # Every block takes the pass over all rows (as for codes without structure).
+  monkeypatch.setattr(knn_mi, "_TILE_COST", 10**9)
+  rng = np.random.default_rng(24)
+  labels, codes = _labelled_codes(rng, 600, 7, 5)
+  expected = knn_mi.knn_mutual_information_reference(labels, codes, 3, metric)
+  (value,) = knn_mi.knn_mutual_informations([labels], codes, 3, metric, num_cells=9)
+  assert value == pytest.approx(expected, abs=1e-12)
+
+
 def _oracle_codes(rng, content, pose, noise):
   """Injective embeddings of each factor group plus small noise (as a perfect
   encoder's): within-label distances ~noise, norms ~10."""

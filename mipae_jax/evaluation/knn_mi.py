@@ -33,6 +33,10 @@ _TILE = 64
 _TILES_PER_CALL = 64
 # A label with at most this many points is searched whole for its radii.
 _SMALL_LABEL = 2048
+# A tile pair costs about this many times a pair of the dense pass, which
+# compares a block with every row in chunks of _DENSE_CHUNK.
+_TILE_COST = 5
+_DENSE_CHUNK = 2048
 
 
 def _ross_estimate(
@@ -237,6 +241,42 @@ def _tile_counts_of(
   ]
 
 
+def _dense_counts(
+  cells: Cells,
+  dense: tuple[jax.Array, jax.Array],
+  block: np.ndarray,
+  limits: np.ndarray,
+  neighbour_rows: np.ndarray,
+) -> np.ndarray:
+  """Counts [L, B] of a block of queries over every row (rows and weights
+  padded to chunks in `dense`), by the matmul form where it resolves the
+  squared radius, else by differences."""
+  block_size = bucket(block.size, 8)
+  centre, resolved = cells.centre(cells.row_of[block])
+  fast = resolved(limits)
+  forms = [("matmul", fast), ("euclidean", ~fast)]
+  if cells.metric != "euclidean":
+    forms = [(cells.metric, np.ones(limits.shape, bool))]
+  pad_block = ((0, 0), (0, block_size - block.size))
+  counts = np.zeros(limits.shape)
+  for form, chosen in forms:
+    if not np.any(chosen & (limits > -np.inf)):
+      continue
+    within = knn_search.dense_counts(
+      *dense,
+      jnp.asarray(centre),
+      jnp.asarray(pad(cells.row_of[block], block_size, 0)),
+      jnp.asarray(
+        np.pad(np.where(chosen, limits, -np.inf), pad_block, constant_values=-np.inf)
+      ),
+      jnp.asarray(np.pad(neighbour_rows, pad_block)),
+      form=form,
+      chunk=_DENSE_CHUNK,
+    )
+    counts += np.where(chosen, np.asarray(within)[:, : block.size], 0.0)
+  return counts
+
+
 def knn_mutual_informations(
   labelings: list[np.ndarray],
   codes: np.ndarray,
@@ -305,9 +345,16 @@ def _estimates(
     cell_weights=jnp.asarray(cell_weights),
     metric=metric,
   )
+  dense = None
   for first in range(0, queries.size, _BLOCK):
     block = queries[first : first + _BLOCK]
     block_size = bucket(block.size, 8)
+    if dense is None:
+      chunk_rows = knn_search.round_up(num_rows, _DENSE_CHUNK)
+      dense = (
+        jnp.asarray(np.pad(cells.codes, ((0, chunk_rows - num_rows), (0, 0)))),
+        jnp.asarray(np.pad(row_weights, ((0, 0), (0, chunk_rows - num_rows)))),
+      )
     reach_block = np.where(counted[:, block], reach[:, block], -np.inf)
     scanned, inside = bounds(
       jnp.asarray(pad(cells.row_of[block], block_size, 0)),
@@ -317,8 +364,20 @@ def _estimates(
         )
       ),
     )
+    scanned = np.asarray(scanned)[: block.size]
+    if np.count_nonzero(scanned) * knn_search.CELL * _TILE_COST > block.size * num_rows:
+      # Pruning failed (codes without structure): every row, in contiguous
+      # chunks, is cheaper than the tiles.
+      counts[:, block] = _dense_counts(
+        cells,
+        dense,
+        block,
+        np.where(counted[:, block], radii[:, block], -np.inf),
+        neighbours[:, block],
+      )
+      continue
     counts[:, block] = np.asarray(inside)[:, : block.size]
-    query_index, cell_index = np.nonzero(np.asarray(scanned)[: block.size])
+    query_index, cell_index = np.nonzero(scanned)
     pairs.append(np.stack([block[query_index], cell_index]))
   pairs = np.concatenate(pairs, axis=1)
   device = (

@@ -135,6 +135,33 @@ def tile_counts(
   return jnp.sum(jnp.where(inside, member_weights[:, :, None, :], 0.0), axis=3)
 
 
+@functools.partial(jax.jit, static_argnames=("form", "chunk"))
+def dense_counts(
+  rows, weights, centre, query_rows, limits, neighbour_rows, *, form, chunk
+):
+  """Weight [L, B] of every row strictly nearer to each query than its limit
+  (limits [L, B], squared for euclidean; -inf: none), its k-th neighbour's
+  row (neighbour_rows [L, B]) left out; rows [U', D] and weights [L, U']
+  zero-padded to a multiple of `chunk`, compared chunk by chunk."""
+  queries = rows[query_rows] - centre
+
+  def one_chunk(index, counts):
+    first = index * chunk
+    ids = first + jnp.arange(chunk)
+    values = distances(
+      queries, jax.lax.dynamic_slice_in_dim(rows, first, chunk) - centre, form
+    )
+    values = jnp.where(query_rows[:, None] == ids[None, :], 0.0, values)
+    inside = (values[None] < limits[..., None]) & (
+      ids[None, None, :] != neighbour_rows[..., None]
+    )
+    chunk_weights = jax.lax.dynamic_slice_in_dim(weights, first, chunk, axis=1)
+    return counts + jnp.sum(jnp.where(inside, chunk_weights[:, None, :], 0.0), axis=2)
+
+  start = jnp.zeros(limits.shape, rows.dtype)
+  return jax.lax.fori_loop(0, rows.shape[0] // chunk, one_chunk, start)
+
+
 @functools.partial(jax.jit, static_argnames="metric")
 def cell_bounds(
   rows, centres, cell_radii, margin, query_rows, reach, cell_weights, *, metric
