@@ -157,6 +157,15 @@ def test_jax_estimator_counts_exact_duplicates_as_the_reference():
     expected = knn_mi.knn_mutual_information_reference(labels, codes, 3, metric)
     value = disentanglement.mutual_information(labels, codes, metric=metric)
     assert value == pytest.approx(expected, abs=1e-12), metric
+  # With a second labeling in the same pass, a point whose radius is zero in
+  # one labeling is still counted in the other.
+  coarse = labels % 2
+  expected = [
+    knn_mi.knn_mutual_information_reference(labeling, codes, 3)
+    for labeling in (labels, coarse)
+  ]
+  values = knn_mi.knn_mutual_informations([labels, coarse], codes, 3, "euclidean")
+  np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
 
 
 def _gaussian_mixture_mutual_information(mu: float) -> float:

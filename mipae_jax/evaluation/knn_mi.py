@@ -365,18 +365,25 @@ def _estimates(
       ),
     )
     scanned = np.asarray(scanned)[: block.size]
-    if np.count_nonzero(scanned) * knn_search.CELL * _TILE_COST > block.size * num_rows:
+    dense_block = (
+      np.count_nonzero(scanned) * knn_search.CELL * _TILE_COST > block.size * num_rows
+    )
+    if dense_block:
       # Pruning failed (codes without structure): every row, in contiguous
       # chunks, is cheaper than the tiles.
-      counts[:, block] = _dense_counts(
+      here = _dense_counts(
         cells,
         dense,
         block,
         np.where(counted[:, block], radii[:, block], -np.inf),
         neighbours[:, block],
       )
+    else:
+      here = np.asarray(inside)[:, : block.size]
+    # (Zero radii keep the duplicate counts set above.)
+    counts[:, block] = np.where(counted[:, block], here, counts[:, block])
+    if dense_block:
       continue
-    counts[:, block] = np.asarray(inside)[:, : block.size]
     query_index, cell_index = np.nonzero(scanned)
     pairs.append(np.stack([block[query_index], cell_index]))
   pairs = np.concatenate(pairs, axis=1)
