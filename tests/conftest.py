@@ -71,6 +71,25 @@ def trained_workdir(tmp_path_factory, dsprites_data_dir):
   return workdir
 
 
+def pytest_collection_modifyitems(items):
+  """Keeps expensive shared fixtures to one xdist worker (`--dist loadgroup`
+  in pyproject.toml): the tests on the trained workdir run on one worker, so
+  the shared training runs once and no worker waits for another's lock; the
+  tests on a module-scoped fixture run on one worker, which builds it once.
+  The rest are spread over every worker."""
+  for item in items:
+    if "trained_workdir" in item.fixturenames:
+      item.add_marker(pytest.mark.xdist_group("trained_workdir"))
+      continue
+    scopes = {
+      fixture.scope
+      for fixtures in item._fixtureinfo.name2fixturedefs.values()
+      for fixture in fixtures
+    }
+    if "module" in scopes:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Reuse XLA executables across tests that compile the same step, in one

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import signal
 
 import jax
@@ -33,14 +34,14 @@ def _assert_trees_equal(a, b):
 def test_resumed_run_equals_uninterrupted_run(
   tmp_path, dsprites_data_dir, trained_workdir
 ):
+  """The shared 4-step run saved step 2 on its way: resuming a copy from
+  there ends where the uninterrupted run did, bit for bit."""
   config = tiny_config(dsprites_data_dir)
-  interrupted = tmp_path / "interrupted"
-  train.train_and_evaluate(
-    tiny_config(dsprites_data_dir, num_train_steps=2), str(interrupted)
-  )
-  assert _params(interrupted, config)[1] == 2
-  train.train_and_evaluate(config, str(interrupted))
-  resumed, step = _params(interrupted, config)
+  resumed_dir = tmp_path / "resumed"
+  shutil.copytree(trained_workdir / "checkpoints", resumed_dir / "checkpoints")
+  config.restore_step = 2
+  train.train_and_evaluate(config, str(resumed_dir))
+  resumed, step = _params(resumed_dir, config)
   uninterrupted, _ = _params(trained_workdir, config)
   assert step == 4
   _assert_trees_equal(resumed, uninterrupted)
@@ -75,18 +76,16 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, dsprites_data_dir, monke
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(
-  tmp_path, dsprites_data_dir, monkeypatch
+  tmp_path, dsprites_data_dir, trained_workdir, monkeypatch
 ):
-  config = tiny_config(dsprites_data_dir)
-  train.train_and_evaluate(
-    tiny_config(dsprites_data_dir, num_train_steps=2), str(tmp_path)
-  )
+  shutil.copytree(trained_workdir / "checkpoints", tmp_path / "checkpoints")
+  config = tiny_config(dsprites_data_dir, num_train_steps=6)
   before, _ = _params(tmp_path, config)
   monkeypatch.setattr(objectives, "reconstruction_loss", lambda decoded, target: np.nan)
-  with pytest.raises(FloatingPointError, match="Non-finite training metrics at step"):
+  with pytest.raises(FloatingPointError, match="Non-finite training metrics at step 6"):
     train.train_and_evaluate(config, str(tmp_path))
   after, step = _params(tmp_path, config)
-  assert step == 2
+  assert step == 4
   _assert_trees_equal(before, after)
 
 
