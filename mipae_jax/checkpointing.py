@@ -54,6 +54,7 @@ def experiment_fingerprint(
     "builder_config": config.dataset.builder_config,
     "dataset_version": info.version,
     "fresh_train_videos": config.dataset.get("fresh_train_videos", False),
+    "placement": config.dataset.get("placement", "host"),
     "image_shape": [info.height, info.width, info.channels],
     "arch": config.model.arch,
     "content_dim": config.model.content_dim,
@@ -66,7 +67,7 @@ def experiment_fingerprint(
 
 # Fingerprint keys added after FORMAT_VERSION's first checkpoints, and the
 # value those checkpoints implicitly had.
-_ADDED_KEYS = {"fresh_train_videos": False}
+_ADDED_KEYS = {"fresh_train_videos": False, "placement": "host"}
 
 
 def _mismatch(

@@ -16,6 +16,8 @@ RECON_TARGETS = ("offset", "same")
 MARGINAL_PAIRS = ("permutation", "derangement")
 CONV_IMPLS = layers.IMPLS
 DTYPES = ("float32", "bfloat16")
+# Where training batches are read: mipae_jax/device_data.py.
+PLACEMENTS = ("host", "device")
 LPIPS_NETS = ("alex", "vgg")
 # MIG's frames (evaluation/mig_frames.py): the static protocols, then frames
 # of test videos.
@@ -97,6 +99,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "seed range; stage 2 uses seed + 1).",
   )
   _restore_step(config, "restore_step")
+  _data_placement(config)
   _require(
     config.batch_size >= 2,
     f"config.batch_size={config.batch_size}: marginal pairs need >= 2.",
@@ -113,6 +116,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(
       config.loss[field] >= 0, f"config.loss.{field}={config.loss[field]} must be >= 0."
     )
+
+
+def _data_placement(config: ml_collections.ConfigDict) -> None:
+  """Steps per call and the placement of the training data."""
+  _positive(config, "steps_per_call")
+  _require(
+    config.checkpoint_every_steps % config.steps_per_call == 0,
+    f"config.steps_per_call={config.steps_per_call} must divide "
+    f"config.checkpoint_every_steps={config.checkpoint_every_steps} (calls end "
+    "on checkpoints, so that a resumed run repeats the same calls).",
+  )
+  _choice(config, "dataset.placement", PLACEMENTS)
+  fraction = config.dataset.device_memory_fraction
+  _require(
+    0 < fraction <= 1,
+    f"config.dataset.device_memory_fraction={fraction!r} must be in (0, 1].",
+  )
+  _require(
+    config.dataset.placement == "host" or not config.dataset.fresh_train_videos,
+    "config.dataset.placement='device' stores the train split's videos on the "
+    "devices; it needs config.dataset.fresh_train_videos=False.",
+  )
 
 
 def validate_lstm(config: ml_collections.ConfigDict) -> None:

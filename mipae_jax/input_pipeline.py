@@ -40,7 +40,7 @@ _READ_OPTIONS = grain.ReadOptions(
 )
 
 
-class _VideoPrefixDecoder(tfds.decode.Decoder):
+class VideoPrefixDecoder(tfds.decode.Decoder):
   """Decodes only the first `num_frames` frames of a video.
 
   The builders store videos as raw or zlib-compressed bytes; inflating stops
@@ -53,7 +53,7 @@ class _VideoPrefixDecoder(tfds.decode.Decoder):
     self._set_up_for = None  # the feature the derived fields below belong to
 
   def __repr__(self) -> str:  # Grain checks data source reprs on restore.
-    return f"_VideoPrefixDecoder(num_frames={self._num_frames})"
+    return f"VideoPrefixDecoder(num_frames={self._num_frames})"
 
   def setup(self, *, feature: tfds.features.Tensor) -> None:
     # TFDS calls setup before decoding every example, from grain's reader
@@ -172,7 +172,7 @@ class FreshVideos:
     return {key: example[key] for key in ("video", "content_factors", "pose_factors")}
 
 
-def _data_source(
+def data_source(
   builder: tfds.core.DatasetBuilder, split: str, dataset_config, decoders=None
 ) -> _NamedSource:
   """The checked data source of `split` (see check_split_files)."""
@@ -181,7 +181,7 @@ def _data_source(
   return _NamedSource(source, builder, split, dataset_config)
 
 
-def _check_num_frames(builder: tfds.core.DatasetBuilder, num_frames: int) -> None:
+def check_num_frames(builder: tfds.core.DatasetBuilder, num_frames: int) -> None:
   seq_len = builder.builder_config.seq_len
   if not 1 <= num_frames <= seq_len:
     raise ValueError(
@@ -249,6 +249,21 @@ class TrainIterator(Iterator[dict[str, jax.Array]]):
       next(self.grain_iterator), self._sharding, self._global_batch_size
     )
 
+  def next_stacked(self, count: int) -> dict[str, jax.Array]:
+    """The next `count` batches as arrays [count, B, ...], the batch axis
+    placed as in __next__ (the stream advances exactly as `count` calls of
+    next would)."""
+    local = [next(self.grain_iterator) for _ in range(count)]
+    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+    spec = jax.sharding.PartitionSpec(None, *self._sharding.spec)
+    placement = jax.sharding.NamedSharding(self._sharding.mesh, spec)
+    return {
+      key: jax.make_array_from_process_local_data(
+        placement, value, (count, self._global_batch_size, *value.shape[2:])
+      )
+      for key, value in stacked.items()
+    }
+
   def get_state(self) -> bytes:
     """Returns the position in the data stream (grain's JSON state)."""
     return self.grain_iterator.get_state()
@@ -285,13 +300,13 @@ def create_train_iterator(
   """
   num_frames = num_frames or dataset_config.num_frames
   builder = prepared.prepare_dataset(dataset_config)
-  _check_num_frames(builder, num_frames)
+  check_num_frames(builder, num_frames)
   local_batch_size = _local_batch_size(global_batch_size, sharding)
   if dataset_config.get("fresh_train_videos", False):
     source = FreshVideos(builder, dataset_config, num_frames)
   else:
-    source = _data_source(
-      builder, "train", dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
+    source = data_source(
+      builder, "train", dataset_config, {"video": VideoPrefixDecoder(num_frames)}
     )
   shard_options = grain.ShardByJaxProcess(drop_remainder=True)
   if len(source) < jax.process_count():
@@ -335,10 +350,10 @@ def create_eval_iterator(
   [B]: False marks the zero rows that pad the last batch.
   """
   builder = prepared.prepare_dataset(dataset_config)
-  _check_num_frames(builder, num_frames)
+  check_num_frames(builder, num_frames)
   local_batch_size = _local_batch_size(global_batch_size, sharding)
-  source = _data_source(
-    builder, split, dataset_config, {"video": _VideoPrefixDecoder(num_frames)}
+  source = data_source(
+    builder, split, dataset_config, {"video": VideoPrefixDecoder(num_frames)}
   )
   if num_sequences == -1:
     num_sequences = len(source)
@@ -387,7 +402,7 @@ def load_frames(
     "pose_factors" int32 [N, Fp].
   """
   builder = prepared.prepare_dataset(dataset_config)
-  source = _data_source(builder, split, dataset_config)
+  source = data_source(builder, split, dataset_config)
   seq_len = builder.builder_config.seq_len
   rng = np.random.default_rng(seed)
   video_ids = rng.integers(0, len(source), size=num_frames)

@@ -1,8 +1,12 @@
 """The training loop of both stages: steps, clu metrics, the NaN/inf guard,
 preemption, scheduled saves and image summaries.
 
-`run` drives any `step_fn(state, batch, step) -> (state, metrics)`: the main
-network's (train.py) and the pose LSTM's (train_lstm.py).
+`run` drives any `step_fn(state, batch, first_step, num_steps) -> (state,
+metrics)`, one call running steps first_step ... first_step + num_steps - 1
+on the batches `next_batch(num_steps)` returned: the main network's
+(train.py) and the pose LSTM's (train_lstm.py). Everything the loop does
+besides stepping (logging, images, saves, preemption, the NaN guard) happens
+between calls.
 """
 
 import dataclasses
@@ -18,7 +22,7 @@ from clu import metric_writers, metrics, periodic_actions
 
 from mipae_jax import checkpointing
 
-StepFn = Callable[[Any, Any, int], tuple[Any, metrics.Collection]]
+StepFn = Callable[[Any, Any, int, int], tuple[Any, metrics.Collection]]
 ImageHook = Callable[[metric_writers.MetricWriter, int, Any, Any], None]
 
 
@@ -32,6 +36,16 @@ class Schedule:
   checkpoint_every_steps: int
   # The config field of num_train_steps, named when there is nothing to do.
   steps_field: str = "num_train_steps"
+  # Train steps per call of step_fn; calls end on its multiples.
+  steps_per_call: int = 1
+
+  def call_length(self, step: int) -> int:
+    """Steps of the call after `step`: up to the next multiple of
+    steps_per_call (so a resumed run calls as an uninterrupted one would)
+    or the final step."""
+    return min(
+      self.steps_per_call - step % self.steps_per_call, self.num_train_steps - step
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +142,22 @@ def scalars(values: dict[str, Any], prefix: str = "train") -> dict[str, Any]:
   return out
 
 
+def _crossed(step: int, num_steps: int, every: int) -> bool:
+  """Whether a multiple of `every` lies in (step - num_steps, step]."""
+  return step // every != (step - num_steps) // every
+
+
+def summed(stacked: metrics.Collection) -> metrics.Collection:
+  """Merges the per-step metrics of a scan (leading axis: the step) into one
+  collection, on the device: every metric here merges by adding its fields
+  (Average, VectorAverage)."""
+  return jax.tree.map(lambda x: jnp.sum(x, axis=0), stacked)
+
+
 def run(
   state: Any,
   step_fn: StepFn,
-  next_batch: Callable[[], Any],
+  next_batch: Callable[[int], Any],
   schedule: Schedule,
   checkpoints: checkpointing.Checkpointer,
   train_iter: Iterator[Any],
@@ -140,14 +166,17 @@ def run(
   name: str = "training",
 ) -> Any:
   """Steps `name` from `state.step` to `schedule.num_train_steps`, or until
-  SIGTERM (a save, then a return before the final step).
+  SIGTERM (a save, then a return before the final step), in calls of
+  `schedule.steps_per_call` steps.
 
-  Every `log_every_steps` the metrics are averaged, checked finite with the
-  state and written as train_* scalars; every `checkpoint_every_steps`, at
-  the end and on preemption the state and `train_iter` are saved, only after
-  the NaN/inf guard passed on the state about to be written. `image_hook(writer,
-  step, state, batch)` runs on process 0 every `image_every_steps` and at the
-  end. A state already at the final step is returned with a warning.
+  After the call that reaches a multiple of `log_every_steps` the metrics are
+  averaged, checked finite with the state and written as train_* scalars;
+  at every multiple of `checkpoint_every_steps`, at the end and on
+  preemption the state and `train_iter` (None: nothing to save) are saved,
+  only after the NaN/inf guard passed on the state about to be written.
+  `image_hook(writer, step, state, batch)` runs on process 0 after the call
+  that reaches a multiple of `image_every_steps`, and at the end. A state
+  already at the final step is returned with a warning.
   """
   step = int(state.step)
   final = schedule.num_train_steps
@@ -175,16 +204,21 @@ def run(
     accumulated = None
     with checkpoints.preemption_guard() as preempted:
       while step < final:
-        step += 1
-        batch = next_batch()
-        state, step_metrics = step_fn(state, batch, step)
+        num_steps = schedule.call_length(step)
+        batch = next_batch(num_steps)
+        state, call_metrics = step_fn(state, batch, step + 1, num_steps)
+        step += num_steps
         accumulated = (
-          step_metrics if accumulated is None else accumulated.merge(step_metrics)
+          call_metrics if accumulated is None else accumulated.merge(call_metrics)
         )
         report_progress(step)
         is_last = step == final
-        stopping = preempted(step)
-        logging_now = step % schedule.log_every_steps == 0 or is_last or stopping
+        # Every step of the call is offered to the preemption check, in order
+        # (multi-host sync points are agreed on step numbers).
+        stopping = any(preempted(s) for s in range(step - num_steps + 1, step + 1))
+        logging_now = (
+          _crossed(step, num_steps, schedule.log_every_steps) or is_last or stopping
+        )
         if logging_now:
           values = accumulated.compute()
           check_state_finite(state, step, checkpoints.latest_step())
@@ -194,7 +228,7 @@ def run(
         if (
           image_hook is not None
           and jax.process_index() == 0
-          and (step % schedule.image_every_steps == 0 or is_last)
+          and (_crossed(step, num_steps, schedule.image_every_steps) or is_last)
         ):
           image_hook(writer, step, state, batch)
         if step % schedule.checkpoint_every_steps == 0 or is_last or stopping:

@@ -18,6 +18,7 @@ from mipae_jax import (
   checkpointing,
   config_fields,
   config_validation,
+  device_data,
   input_pipeline,
   loop,
   objectives,
@@ -238,14 +239,167 @@ def make_train_step(
   )
 
 
-def make_image_hook(networks: Networks) -> Callable[..., None]:
+def _scanned_steps(
+  one_step: Callable, state: TrainState, xs: Any
+) -> tuple[TrainState, metrics.Collection]:
+  """`one_step(state, x)` over the leading axis of `xs`, metrics merged on
+  the device."""
+  state, stacked = jax.lax.scan(one_step, state, xs)
+  return state, loop.summed(stacked)
+
+
+def host_steps(
+  networks: Networks,
+  loss_config: ml_collections.ConfigDict,
+  method: str,
+  state: TrainState,
+  videos: jnp.ndarray,
+  steps: jax.Array,
+  base_rng: jax.Array,
+) -> tuple[TrainState, metrics.Collection]:
+  """len(steps) train steps in one call, on host batches `videos` [2 K, B,
+  ...] (critic, main, critic, ...: the order of next_batch)."""
+  pairs = videos.reshape(len(steps), 2, *videos.shape[1:])
+
+  def one_step(state, x):
+    pair, step = x
+    batch = {"critic_video": pair[0], "video": pair[1]}
+    rng = jax.random.fold_in(base_rng, step)
+    return train_step(networks, loss_config, method, state, batch, rng)
+
+  return _scanned_steps(one_step, state, (pairs, steps))
+
+
+def device_steps(
+  networks: Networks,
+  loss_config: ml_collections.ConfigDict,
+  method: str,
+  batch_size: int,
+  batch_sharding: jax.sharding.NamedSharding,
+  num_steps: int,
+  state: TrainState,
+  videos: jax.Array,
+  first_step: jax.Array,
+  base_rng: jax.Array,
+  data_key: jax.Array,
+) -> tuple[TrainState, metrics.Collection]:
+  """`num_steps` train steps in one call, each gathering its batches from
+  the device-stored `videos` (device_data.step_batch)."""
+
+  def one_step(state, step):
+    batch = device_data.step_batch(videos, data_key, step, batch_size, batch_sharding)
+    rng = jax.random.fold_in(base_rng, step)
+    return train_step(networks, loss_config, method, state, batch, rng)
+
+  return _scanned_steps(one_step, state, first_step + jnp.arange(num_steps))
+
+
+class TrainData(NamedTuple):
+  """How the loop feeds the steps: `next_batch(num_steps)`, `step_fn(state,
+  batch, first_step, num_steps)`, the iterator state to checkpoint (None:
+  nothing), and `video_of(step, batch)`, the main-network batch of a call's
+  last step for the image hook."""
+
+  next_batch: Callable[[int], Any]
+  step_fn: loop.StepFn
+  train_iter: Any
+  video_of: Callable[[int, Any], Any]
+
+
+def host_data(
+  networks: Networks,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  train_iter: input_pipeline.TrainIterator,
+  base_rng: jax.Array,
+) -> TrainData:
+  """Batches from the grain iterator: one per call of the jitted train_step
+  (steps_per_call 1), or 2 K stacked for a call of K scanned steps."""
+  # One replicated sharding for every leaf of the state: the restored and the
+  # initial state carry different (equal-shaped) optimiser objects.
+  replicated = sharding.replicated(mesh)
+  single = make_train_step(networks, config, mesh, replicated)
+  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  several = jax.jit(
+    functools.partial(host_steps, networks, config.loss, config.method),
+    in_shardings=(replicated, stacked, replicated, replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+  def next_batches(num_steps: int) -> Any:
+    if num_steps == 1:
+      return next_batch(train_iter)
+    return train_iter.next_stacked(2 * num_steps)["video"]
+
+  def step_fn(state, batch, first_step: int, num_steps: int):
+    if num_steps == 1:
+      return single(state, batch, jax.random.fold_in(base_rng, first_step))
+    steps = np.arange(first_step, first_step + num_steps, dtype=np.int32)
+    return several(state, batch, steps, base_rng)
+
+  def video_of(step: int, batch: Any) -> Any:
+    return batch["video"] if isinstance(batch, dict) else batch[-1]
+
+  return TrainData(next_batches, step_fn, train_iter, video_of)
+
+
+def device_data_feed(
+  networks: Networks,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  videos: jax.Array,
+  base_rng: jax.Array,
+) -> TrainData:
+  """Batches gathered inside the step from the device-stored `videos`: the
+  host passes only the first step number of each call."""
+  replicated = sharding.replicated(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+
+  @functools.cache
+  def compiled(num_steps: int):
+    return jax.jit(
+      functools.partial(
+        device_steps,
+        networks,
+        config.loss,
+        config.method,
+        config.batch_size,
+        batch_sharding,
+        num_steps,
+      ),
+      in_shardings=(replicated, videos.sharding, replicated, replicated, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+
+  def step_fn(state, batch, first_step: int, num_steps: int):
+    return compiled(num_steps)(state, videos, np.int32(first_step), base_rng, data_key)
+
+  gather = jax.jit(
+    lambda videos, step: device_data.step_batch(
+      videos, data_key, step, config.batch_size, batch_sharding
+    )["video"]
+  )
+
+  def video_of(step: int, batch: Any) -> Any:
+    return gather(videos, np.int32(step))
+
+  return TrainData(lambda num_steps: None, step_fn, None, video_of)
+
+
+def make_image_hook(
+  networks: Networks, video_of: Callable[[int, Any], Any]
+) -> Callable[..., None]:
   """`hook(writer, step, state, batch)`: reconstructions and a pose/content
-  swap grid of a few videos of `batch` (the decoder jitted once)."""
+  swap grid of a few videos of the main-network batch `video_of(step,
+  batch)` (the decoder jitted once)."""
   swap_decode = jax.jit(functools.partial(autoencoder.swap_decode, networks))
 
   def hook(writer: metric_writers.MetricWriter, step: int, state, batch) -> None:
     # Local copies: process 0 renders alone, with no cross-process collective.
-    video = batch["video"]
+    video = video_of(step, batch)
     if isinstance(video, jax.Array) and not video.is_fully_addressable:
       video = video.addressable_data(0)
     video = np.asarray(video)
@@ -292,36 +446,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with checkpointing.Checkpointer(
     workdir, config, info, restore_step=config.restore_step, writable=True
   ) as checkpoints:
-    train_iter = input_pipeline.create_train_iterator(
-      config.dataset,
-      global_batch_size=config.batch_size,
-      sharding=sharding.batch_sharding(mesh),
-      seed=config.seed,
-    )
+    base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    if config.dataset.placement == "device":
+      feed = device_data_feed(
+        networks,
+        config,
+        mesh,
+        device_data.place_train_videos(config.dataset, mesh),
+        base_rng,
+      )
+    else:
+      train_iter = input_pipeline.create_train_iterator(
+        config.dataset,
+        global_batch_size=config.batch_size,
+        sharding=sharding.batch_sharding(mesh),
+        seed=config.seed,
+      )
+      feed = host_data(networks, config, mesh, train_iter, base_rng)
     state = checkpoints.restore_or_initialize(
       abstract_state(networks, config, mesh, image_shape),
       lambda: init_state(networks, config, mesh, image_shape)[0],
-      train_iter,
+      feed.train_iter,
     )
-    # One replicated sharding for every leaf: the restored and the initial
-    # state carry different (equal-shaped) optimiser objects.
-    jitted = make_train_step(networks, config, mesh, sharding.replicated(mesh))
-    base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     return loop.run(
       state,
-      lambda state, batch, step: jitted(
-        state, batch, jax.random.fold_in(base_rng, step)
-      ),
-      lambda: next_batch(train_iter),
+      feed.step_fn,
+      feed.next_batch,
       loop.Schedule(
         config.num_train_steps,
         config.log_every_steps,
         config.image_every_steps,
         config.checkpoint_every_steps,
+        steps_per_call=config.steps_per_call,
       ),
       checkpoints,
-      train_iter,
+      feed.train_iter,
       loop.Output(workdir, config_fields.flat_hparams(config)),
-      make_image_hook(networks),
+      make_image_hook(networks, feed.video_of),
       name=f"{config.method} main network",
     )

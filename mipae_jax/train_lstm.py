@@ -178,8 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LSTMS
     lstm = config.lstm
     return loop.run(
       state,
-      lambda state, batch, step: jitted(main, state, batch),
-      lambda: next(train_iter),
+      lambda state, batch, step, num_steps: jitted(main, state, batch),
+      lambda num_steps: next(train_iter),
       loop.Schedule(
         lstm.num_train_steps,
         lstm.log_every_steps,

@@ -318,7 +318,7 @@ def test_a_killed_prepares_folder_is_removed_by_the_next_prepare(
 
 
 def test_corrupted_video_records_are_clear_errors(dataset_config):
-  decoder = input_pipeline._VideoPrefixDecoder(4)
+  decoder = input_pipeline.VideoPrefixDecoder(4)
   decoder.setup(feature=prepared.get_builder(dataset_config).info.features["video"])
   with pytest.raises(ValueError, match="Corrupted video record"):
     decoder.decode_example_np(b"not zlib data")
@@ -330,7 +330,7 @@ def test_video_decoder_sets_itself_up_when_another_thread_is_midway():
   """Grain's reader threads call setup at once: the base `_feature` may be set
   before the fields the decoder derives from it."""
   feature = tfds.features.Tensor(shape=(6, 2, 3, 1), dtype=np.uint8)
-  decoder = input_pipeline._VideoPrefixDecoder(num_frames=4)
+  decoder = input_pipeline.VideoPrefixDecoder(num_frames=4)
   tfds.decode.Decoder.setup(decoder, feature=feature)  # a thread midway
   decoder.setup(feature=feature)
   video = np.arange(36, dtype=np.uint8).reshape(6, 2, 3, 1)

@@ -62,6 +62,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # videos; the first num_train of the stream are the stored ones. Test
   # videos stay stored. MNIST / MPI3D read their source files from manual_dir.
   config.dataset.fresh_train_videos = False
+  # Where training batches come from: "host" (the grain pipeline, shipped to
+  # the devices every step) or "device" (the stored train videos put on the
+  # devices once and gathered inside the step; mipae_jax/device_data.py).
+  config.dataset.placement = "host"
+  # With placement "device": the share of each device's free memory the
+  # stored videos may take (the rest is left to the step).
+  config.dataset.device_memory_fraction = 0.5
 
   config.model = ml_collections.ConfigDict()
   # "dcgan" (Moving MNIST / dSprites) or "vgg_resnet" (MPI3D, Sec. IV-A).
@@ -120,6 +127,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 100
   # 600 steps x 400 epochs (MNIST / dSprites) in the reference.
   config.num_train_steps = 240_000
+  # Train steps run in one jitted call (a scan); logging, images, saves,
+  # preemption and the NaN guard happen between calls. Must divide
+  # checkpoint_every_steps. 1: one call per step.
+  config.steps_per_call = 1
 
   config.log_every_steps = 100
   config.image_every_steps = 5_000
@@ -248,6 +259,13 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   256 stored training videos (no rendering per step)."""
   config.dataset.builder_config = f"{config.dataset.builder_config}_small"
   config.dataset.fresh_train_videos = False
+  # Where training batches come from: "host" (the grain pipeline, shipped to
+  # the devices every step) or "device" (the stored train videos put on the
+  # devices once and gathered inside the step; mipae_jax/device_data.py).
+  config.dataset.placement = "host"
+  # With placement "device": the share of each device's free memory the
+  # stored videos may take (the rest is left to the step).
+  config.dataset.device_memory_fraction = 0.5
   config.dataset.num_frames = 6
   _schedule(config, batch=8, steps=4, log=2, image=4, checkpoint=2)
   _schedule(config.lstm, batch=8, steps=4, log=2, image=4, checkpoint=2)
