@@ -98,7 +98,7 @@ def place_train_videos(
     "Placing %d train videos (%.1f MiB) on the devices, %s.",
     len(videos),
     videos.nbytes / 2**20,
-    "replicated" if placement.spec == () else "sharded over the data axis",
+    "replicated" if not tuple(placement.spec) else "sharded over the data axis",
   )
   return jax.make_array_from_callback(videos.shape, placement, lambda i: videos[i])
 
