@@ -22,7 +22,9 @@ Prints three Markdown tables:
      the time per step they imply at 10 % and 20 % of an H100's dense bf16
      peak (989 TFLOP/s).
 The device-rendered path (fresh Moving dSprites drawn on the device) is not
-built yet and is listed as such.
+built yet and is listed as such. With --networks=real the first table gives
+the step times of the paper's networks (launch/device_check.sh runs it for
+both methods in float32 and bfloat16).
 """
 
 import pathlib
@@ -58,6 +60,16 @@ flags.DEFINE_string(
   "data_dir", None, "TFDS data dir (default: a temporary one, built here)."
 )
 flags.DEFINE_bool("flops", True, "Also print the FLOPs of the real steps.")
+flags.DEFINE_bool("rates", True, "Also print each input path's rate alone.")
+flags.DEFINE_enum(
+  "networks",
+  "tiny",
+  ["tiny", "real"],
+  "tiny: negligible compute (the host's time per step); real: the paper's "
+  "networks (step times on this machine's devices).",
+)
+flags.DEFINE_list("methods", ["mipae"], "Methods timed.")
+flags.DEFINE_list("dtypes", ["float32"], "model.dtype values timed.")
 
 H100_BF16_DENSE_PEAK = 989e12
 
@@ -97,10 +109,18 @@ def _tiny_networks(config) -> Networks:
   )
 
 
-def _config(data_dir: str, placement: str, steps_per_call: int):
+def _config(
+  data_dir: str,
+  placement: str,
+  steps_per_call: int,
+  method: str = "mipae",
+  dtype: str = "float32",
+):
   config = reproduce.build_config(
-    "moving_dsprites", "mipae", "tiny", data_dir=data_dir, overrides={}
+    "moving_dsprites", method, "tiny", data_dir=data_dir, overrides={}
   )
+  config.model.dtype = dtype
+  config.dataset.num_frames = 15  # the paper's videos (the tiny variant cuts them)
   config.batch_size = FLAGS.batch_size
   config.dataset.placement = placement
   config.steps_per_call = steps_per_call
@@ -122,15 +142,18 @@ def _feed(config, networks, mesh):
 
 
 def time_path(
-  data_dir: str, placement: str, steps_per_call: int
+  data_dir: str, placement: str, steps_per_call: int, method: str, dtype: str
 ) -> tuple[float, float]:
   """(host seconds per step, wall seconds per step) of calls of
   `steps_per_call` steps dispatched back to back: the host's share is the
   time spent in next_batch and in dispatching the call (JAX returns before
   the computation ends)."""
-  config = _config(data_dir, placement, steps_per_call)
+  config = _config(data_dir, placement, steps_per_call, method, dtype)
   mesh = sharding.create_mesh()
-  networks = _tiny_networks(config)
+  if FLAGS.networks == "tiny":
+    networks = _tiny_networks(config)
+  else:
+    networks = build_networks(config, 3)
   state, _ = train_state.init_state(networks, config, mesh, (64, 64, 3))
   feed = _feed(config, networks, mesh)
   step = 0
@@ -220,24 +243,31 @@ def main(argv):
   prepared.prepare_dataset(_config(data_dir, "host", 1).dataset)
   print(
     f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, jax "
-    f"{jax.__version__}, batch {FLAGS.batch_size}, tiny networks\n"
+    f"{jax.__version__}, batch {FLAGS.batch_size}, {FLAGS.networks} networks\n"
   )
   ks = [int(k) for k in FLAGS.steps_per_call]
   print("Host time / wall time per step:\n")
-  print("| data path | " + " | ".join(f"K = {k}" for k in ks) + " |")
-  print("|---|" + "---|" * len(ks))
-  for placement, label in (("host", "grain (host)"), ("device", "device-stored")):
-    cells = []
-    for k in ks:
-      host, wall = time_path(data_dir, placement, k)
-      cells.append(f"{1e6 * host:.0f} us / {1e6 * wall:.0f} us")
-    print(f"| {label} | " + " | ".join(cells) + " |")
-  print("| device-rendered | " + " | ".join("not built" for _ in ks) + " |")
+  print("| step | data path | " + " | ".join(f"K = {k}" for k in ks) + " |")
+  print("|---|---|" + "---|" * len(ks))
+  for method in FLAGS.methods:
+    for dtype in FLAGS.dtypes:
+      for placement, label in (("host", "grain (host)"), ("device", "device-stored")):
+        cells = []
+        for k in ks:
+          host, wall = time_path(data_dir, placement, k, method, dtype)
+          cells.append(f"{1e6 * host:.0f} us / {1e6 * wall:.0f} us")
+        print(f"| {method} {dtype} | {label} | " + " | ".join(cells) + " |", flush=True)
+      print(
+        f"| {method} {dtype} | device-rendered | "
+        + " | ".join("not built" for _ in ks)
+        + " |"
+      )
 
-  rates = input_rates(data_dir)
-  print("\n| input path | batches/s alone |\n|---|---|")
-  print(f"| grain (host), placed on the devices | {rates['host']:.1f} |")
-  print(f"| device-stored, gathered on the device | {rates['device']:.1f} |")
+  if FLAGS.rates:
+    rates = input_rates(data_dir)
+    print("\n| input path | batches/s alone |\n|---|---|")
+    print(f"| grain (host), placed on the devices | {rates['host']:.1f} |")
+    print(f"| device-stored, gathered on the device | {rates['device']:.1f} |")
 
   if FLAGS.flops:
     print(

@@ -906,3 +906,39 @@ def test_hints_name_each_methods_own_config_file_from_the_config_alone():
   assert commands.command(paper, "/w", "eval") == (
     "python -m mipae_jax.main --config=configs/mipae_mpi3d.py --workdir=/w --mode=eval"
   )
+
+
+# launch/device_check.sh
+
+
+def test_device_check_needs_an_output_directory():
+  result = _bash("device_check.sh", "--smoke")
+  assert result.returncode == 2
+  assert "--out=DIR is required" in result.stderr
+
+
+@pytest.mark.slow  # the whole check at test scale: about 5 minutes on 2 cores
+def test_device_check_smoke_writes_every_result_file(tmp_path):
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHON": sys.executable}
+  result = _bash("device_check.sh", "--smoke", f"--out={out}", env=env)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  files = {p.name: p for p in out.iterdir()}
+  assert set(files) == {
+    "env.txt",
+    "step_times.md",
+    "mipae_scores.jsonl",
+    "drnet_scores.jsonl",
+    "learning_curves.png",
+    "mipae_swap_grid.png",
+    "drnet_swap_grid.png",
+    "log.txt",
+  }
+  assert all(p.stat().st_size < 16 * 2**20 for p in files.values())
+  tables = files["step_times.md"].read_text()
+  assert "| mipae float32 | device-stored |" in tables
+  assert "| drnet |" in tables  # the FLOPs of both methods
+  for method in ("mipae", "drnet"):
+    last = json.loads(files[f"{method}_scores.jsonl"].read_text().splitlines()[-1])
+    assert last["step"] == 6
+  assert files["mipae_swap_grid.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,6 +24,13 @@ the paper's in every variant:
             200 frames, LPIPS alex only.
   long_cpu  the CPU long run (docs/results.md, "Long run"): the paper's
             steps at batch 16, checkpoints every 500 steps (40 kept).
+  accelerator
+            the paper's settings at accelerator speed: stored train videos
+            held on the devices, 10 steps per jitted call.
+  device_check
+            launch/device_check.sh on one accelerator: batch 100 on 2,000
+            stored videos held on the device, 10 steps per call, stopped
+            by the script's clock; `device_check_smoke` is its CPU test.
 """
 
 from collections.abc import Callable
@@ -259,13 +266,6 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   256 stored training videos (no rendering per step)."""
   config.dataset.builder_config = f"{config.dataset.builder_config}_small"
   config.dataset.fresh_train_videos = False
-  # Where training batches come from: "host" (the grain pipeline, shipped to
-  # the devices every step) or "device" (the stored train videos put on the
-  # devices once and gathered inside the step; mipae_jax/device_data.py).
-  config.dataset.placement = "host"
-  # With placement "device": the share of each device's free memory the
-  # stored videos may take (the rest is left to the step).
-  config.dataset.device_memory_fraction = 0.5
   config.dataset.num_frames = 6
   _schedule(config, batch=8, steps=4, log=2, image=4, checkpoint=2)
   _schedule(config.lstm, batch=8, steps=4, log=2, image=4, checkpoint=2)
@@ -280,12 +280,52 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def apply_accelerator(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's settings at accelerator speed: the stored train videos held
+  on the devices and gathered inside the step, 10 steps per jitted call
+  (docs/performance.md, "Accelerators")."""
+  config.dataset.fresh_train_videos = False
+  config.dataset.placement = "device"
+  config.steps_per_call = 10
+  return config
+
+
+def apply_device_check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """launch/device_check.sh's training on one accelerator: `accelerator` on
+  2,000 stored videos, a checkpoint (and a point of the learning curve)
+  every 500 steps; training stops when the script's time is up (SIGTERM: a
+  save, then exit)."""
+  apply_accelerator(config)
+  config.dataset.builder_config = f"{config.dataset.builder_config}_2k"
+  config.keep_checkpoints = 100
+  _schedule(config, batch=100, steps=240_000, log=100, image=1_000, checkpoint=500)
+  config.eval.update(num_mig_frames=2_000, mig_folds=2, lpips_nets=("alex",))
+  return config
+
+
+def apply_device_check_smoke(
+  config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """`device_check.sh --smoke` (its test on CPU): the check's settings on
+  the small dataset, batch 8, 6 steps in calls of 2, a checkpoint every 2."""
+  apply_device_check(config)
+  config.dataset.builder_config = config.dataset.builder_config.replace("_2k", "_small")
+  config.dataset.num_frames = 6
+  config.steps_per_call = 2
+  _schedule(config, batch=8, steps=6, log=2, image=4, checkpoint=2)
+  config.eval.update(batch_size=8, num_mig_frames=200, mig_folds=1)
+  return config
+
+
 # Variant name -> the function that applies it to a paper config.
 VARIANTS: dict[str, Variant] = {
   "reduced": apply_reduced,
   "smoke": apply_smoke,
   "tiny": apply_tiny,
   "long_cpu": apply_long_cpu,
+  "accelerator": apply_accelerator,
+  "device_check": apply_device_check,
+  "device_check_smoke": apply_device_check_smoke,
 }
 
 

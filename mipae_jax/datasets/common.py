@@ -59,14 +59,23 @@ class MovingVideoConfig(tfds.core.BuilderConfig):
       )
 
 
-def small_variant(config: MovingVideoConfig) -> MovingVideoConfig:
-  """Returns `config` renamed `<name>_small` with 256 train / 64 test videos."""
+def small_variant(
+  config: MovingVideoConfig,
+  suffix: str = "small",
+  num_train: int = 256,
+  num_test: int = 64,
+) -> MovingVideoConfig:
+  """Returns `config` renamed `<name>_<suffix>` with fewer videos (default:
+  `<name>_small`, 256 train / 64 test)."""
   return dataclasses.replace(
     config,
-    name=f"{config.name}_small",
-    description=f"{config.description} Small: 256 train / 64 test videos.",
-    num_train=256,
-    num_test=64,
+    name=f"{config.name}_{suffix}",
+    description=(
+      f"{config.description} {suffix.capitalize()}: {num_train} train / "
+      f"{num_test} test videos."
+    ),
+    num_train=num_train,
+    num_test=num_test,
   )
 
 

@@ -253,13 +253,9 @@ def _dense_counts(
   squared radius, else by differences."""
   block_size = bucket(block.size, 8)
   centre, resolved = cells.centre(cells.row_of[block])
-  fast = resolved(limits)
-  forms = [("matmul", fast), ("euclidean", ~fast)]
-  if cells.metric != "euclidean":
-    forms = [(cells.metric, np.ones(limits.shape, bool))]
   pad_block = ((0, 0), (0, block_size - block.size))
   counts = np.zeros(limits.shape)
-  for form, chosen in forms:
+  for form, chosen in cells.forms(resolved(limits)):
     if not np.any(chosen & (limits > -np.inf)):
       continue
     within = knn_search.dense_counts(
@@ -349,12 +345,6 @@ def _estimates(
   for first in range(0, queries.size, _BLOCK):
     block = queries[first : first + _BLOCK]
     block_size = bucket(block.size, 8)
-    if dense is None:
-      chunk_rows = knn_search.round_up(num_rows, _DENSE_CHUNK)
-      dense = (
-        jnp.asarray(np.pad(cells.codes, ((0, chunk_rows - num_rows), (0, 0)))),
-        jnp.asarray(np.pad(row_weights, ((0, 0), (0, chunk_rows - num_rows)))),
-      )
     reach_block = np.where(counted[:, block], reach[:, block], -np.inf)
     scanned, inside = bounds(
       jnp.asarray(pad(cells.row_of[block], block_size, 0)),
@@ -370,7 +360,14 @@ def _estimates(
     )
     if dense_block:
       # Pruning failed (codes without structure): every row, in contiguous
-      # chunks, is cheaper than the tiles.
+      # chunks, is cheaper than the tiles. The padded rows go to the device
+      # once, at the first such block.
+      if dense is None:
+        chunk_rows = knn_search.round_up(num_rows, _DENSE_CHUNK)
+        dense = (
+          jnp.asarray(np.pad(cells.codes, ((0, chunk_rows - num_rows), (0, 0)))),
+          jnp.asarray(np.pad(row_weights, ((0, 0), (0, chunk_rows - num_rows)))),
+        )
       here = _dense_counts(
         cells,
         dense,
@@ -404,13 +401,12 @@ def _estimates(
     squared = radii[:, pairs[0]]
     bound = 8.0 * (codes.shape[1] + 2) * knn_search.EPSILON
     bound *= (np.sqrt(squared) + spread) ** 2 + spread**2
-    exact = np.any(
+    resolves = ~np.any(
       counted[:, pairs[0]] & (bound >= knn_search.TOLERANCE * squared), axis=0
     )
-    groups = [("matmul", ~exact), ("euclidean", exact)]
   else:
-    groups = [(metric, np.ones(pairs.shape[1], bool))]
-  for form, chosen in groups:
+    resolves = np.zeros(pairs.shape[1], bool)
+  for form, chosen in cells.forms(resolves):
     points, within = _tile_counts_of(device, pairs[:, chosen], form)
     for index in range(counts.shape[0]):
       counts[index] += np.bincount(

@@ -262,6 +262,14 @@ class Cells:
       centre_distances + self.radii + self.margin,
     )
 
+  def forms(self, matmul_resolves: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The kernel forms and the entries each takes: the matmul form where
+    `matmul_resolves` (its error bound is below TOLERANCE of the squared
+    radius), coordinate differences elsewhere; chebyshev: its own form."""
+    if self.metric != "euclidean":
+      return [(self.metric, np.ones(matmul_resolves.shape, bool))]
+    return [("matmul", matmul_resolves), ("euclidean", ~matmul_resolves)]
+
   def centre(self, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A block's centre, and which squared radii [...] the matmul form
     resolves for it: its error bound 8 (D + 2) eps (3 rho^2 + 2 r^2) (rho: the
