@@ -71,25 +71,6 @@ def trained_workdir(tmp_path_factory, dsprites_data_dir):
   return workdir
 
 
-def pytest_collection_modifyitems(items):
-  """Keeps expensive shared fixtures to one xdist worker (`--dist loadgroup`
-  in pyproject.toml): the tests on the trained workdir run on one worker, so
-  the shared training runs once and no worker waits for another's lock; the
-  tests on a module-scoped fixture run on one worker, which builds it once.
-  The rest are spread over every worker."""
-  for item in items:
-    if "trained_workdir" in item.fixturenames:
-      item.add_marker(pytest.mark.xdist_group("trained_workdir"))
-      continue
-    scopes = {
-      fixture.scope
-      for fixtures in item._fixtureinfo.name2fixturedefs.values()
-      for fixture in fixtures
-    }
-    if "module" in scopes:
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Reuse XLA executables across tests that compile the same step, in one
@@ -102,6 +83,18 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(cache))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def main_params(workdir, config, step=-1):
+  """(the main network's variables saved in `workdir` at `step`, -1: the
+  latest, on the host; that step)."""
+  import jax
+
+  from mipae_jax import restore
+
+  info = prepared.dataset_info(config.dataset)
+  _, variables, step = restore.load_main_network(config, str(workdir), info, step)
+  return jax.device_get(variables), step
 
 
 def _write_idx(path, array, magic):

@@ -16,7 +16,7 @@ def trained_like_main():
   """Networks and variables with non-trivial BatchNorm running statistics."""
   config = mipae_dsprites.get_config()
   networks = build_networks(config, 3)
-  params, batch_stats = train_state.init_variables(
+  params, batch_stats = jax.jit(train_state.init_variables, static_argnums=(0, 2, 3))(
     networks, jax.random.PRNGKey(0), (64, 64, 3), config.model.pose_dim
   )
   batch_stats = jax.tree.map(lambda s: s + 0.3, batch_stats)

@@ -6,23 +6,16 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import main_params, tiny_config
 
 from mipae_jax import (
   config_validation,
   device_data,
   input_pipeline,
-  restore,
   sharding,
   train,
 )
 from mipae_jax.datasets import prepared
-
-
-def _params(workdir, config):
-  info = prepared.dataset_info(config.dataset)
-  _, variables, step = restore.load_main_network(config, str(workdir), info)
-  return jax.device_get(variables), step
 
 
 def test_stream_reads_each_video_once_per_epoch_across_batch_edges():
@@ -99,7 +92,7 @@ def test_one_step_per_call_is_one_jitted_train_step_per_step(
   for step in range(1, config.num_train_steps + 1):
     batch = train.next_batch(train_iter)
     state, _ = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-  expected, _ = _params(trained_workdir, config)
+  expected, _ = main_params(trained_workdir, config)
   got = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   jax.tree.map(np.testing.assert_array_equal, got, expected)
 
@@ -123,8 +116,8 @@ def test_device_data_in_calls_of_four_steps_resumes_bit_identically(
   # The run killed after its first call: the checkpoint of step 4.
   shutil.copytree(whole / "checkpoints" / "4", resumed / "checkpoints" / "4")
   train.train_and_evaluate(config(8), str(resumed))
-  a, step = _params(resumed, config(8))
-  b, _ = _params(whole, config(8))
+  a, step = main_params(resumed, config(8))
+  b, _ = main_params(whole, config(8))
   assert step == 8
   jax.tree.map(np.testing.assert_array_equal, a, b)
 

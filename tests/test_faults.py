@@ -15,13 +15,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import main_params, tiny_config
 
 from mipae_jax import (
   checkpointing,
   config_fields,
   config_validation,
-  restore,
   train,
 )
 from mipae_jax import workdir as workdir_lib
@@ -39,12 +38,6 @@ def _hashes(directory) -> dict[str, str]:
     for root, _, names in os.walk(directory)
     for name in names
   }
-
-
-def _params(workdir, config, step=-1):
-  info = prepared.dataset_info(config.dataset)
-  _, variables, step = restore.load_main_network(config, str(workdir), info, step)
-  return jax.device_get(variables), step
 
 
 def _one_line(error: BaseException) -> str:
@@ -86,6 +79,7 @@ def data_copy(tmp_path, dsprites_data_dir):
   return copy
 
 
+@pytest.mark.slow  # five saves of a resumed run: about 50 s
 def test_an_error_after_an_async_save_leaves_that_save_finalized(
   workdir, dsprites_data_dir, monkeypatch
 ):
@@ -107,7 +101,7 @@ def test_an_error_after_an_async_save_leaves_that_save_finalized(
   assert not list(checkpoints.glob("*orbax-checkpoint-tmp*"))
   after = _hashes(checkpoints)
   assert {k: after[k] for k in before} == before
-  params, step = _params(workdir, config)
+  params, step = main_params(workdir, config)
   assert step == 5
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
@@ -154,9 +148,9 @@ def test_restore_step_resumes_from_the_previous_good_step(
   config = tiny_config(dsprites_data_dir, restore_step=2)
   train.train_and_evaluate(config, str(workdir))
   assert _hashes(workdir / "checkpoints_superseded" / "4") == kept
-  resumed, step = _params(workdir, config)
+  resumed, step = main_params(workdir, config)
   assert step == 4
-  expected, _ = _params(trained_workdir, config)
+  expected, _ = main_params(trained_workdir, config)
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
 
@@ -517,7 +511,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, dsprites_data
   _, stderr = run.communicate(timeout=600)
   assert run.returncode == 0, stderr[-2000:]
   assert not list((workdir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
-  killed, step = _params(workdir, config)
-  expected, _ = _params(reference, config)
+  killed, step = main_params(workdir, config)
+  expected, _ = main_params(reference, config)
   assert step == steps
   jax.tree.map(np.testing.assert_array_equal, killed, expected)

@@ -438,6 +438,7 @@ except ImportError:
 """
 
 
+@pytest.mark.slow  # a fresh interpreter initialising every network: about 30 s
 def test_models_run_plain_without_the_cpu_conv_package():
   result = subprocess.run(
     [sys.executable, "-c", _WITHOUT_CPU_CONV],

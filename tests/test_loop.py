@@ -8,23 +8,16 @@ import signal
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import main_params, tiny_config
 
 from mipae_jax import (
   checkpointing,
   config_validation,
   input_pipeline,
   objectives,
-  restore,
   train,
 )
 from mipae_jax.datasets import prepared
-
-
-def _params(workdir, config):
-  info = prepared.dataset_info(config.dataset)
-  _, variables, step = restore.load_main_network(config, str(workdir), info)
-  return jax.device_get(variables), step
 
 
 def _assert_trees_equal(a, b):
@@ -41,8 +34,8 @@ def test_resumed_run_equals_uninterrupted_run(
   shutil.copytree(trained_workdir / "checkpoints", resumed_dir / "checkpoints")
   config.restore_step = 2
   train.train_and_evaluate(config, str(resumed_dir))
-  resumed, step = _params(resumed_dir, config)
-  uninterrupted, _ = _params(trained_workdir, config)
+  resumed, step = main_params(resumed_dir, config)
+  uninterrupted, _ = main_params(trained_workdir, config)
   assert step == 4
   _assert_trees_equal(resumed, uninterrupted)
 
@@ -72,7 +65,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, dsprites_data_dir, monke
   config = tiny_config(dsprites_data_dir, num_train_steps=50, checkpoint_every_steps=50)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 3
-  assert _params(tmp_path, config)[1] == 3
+  assert main_params(tmp_path, config)[1] == 3
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(
@@ -80,11 +73,11 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(
 ):
   shutil.copytree(trained_workdir / "checkpoints", tmp_path / "checkpoints")
   config = tiny_config(dsprites_data_dir, num_train_steps=6)
-  before, _ = _params(tmp_path, config)
+  before, _ = main_params(tmp_path, config)
   monkeypatch.setattr(objectives, "reconstruction_loss", lambda decoded, target: np.nan)
   with pytest.raises(FloatingPointError, match="Non-finite training metrics at step 6"):
     train.train_and_evaluate(config, str(tmp_path))
-  after, step = _params(tmp_path, config)
+  after, step = main_params(tmp_path, config)
   assert step == 4
   _assert_trees_equal(before, after)
 
@@ -105,7 +98,7 @@ def test_non_finite_parameters_are_never_saved(tmp_path, dsprites_data_dir):
     train.train_and_evaluate(config, str(tmp_path))
   after = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
   assert after == before
-  params, step = _params(tmp_path, tiny_config(dsprites_data_dir))
+  params, step = main_params(tmp_path, tiny_config(dsprites_data_dir))
   assert step == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
@@ -228,7 +221,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, dsprites_data_dir):
     if path.is_file() and path.stat().st_size > 0:
       path.write_bytes(b"garbage")
   with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
-    _params(tmp_path, config)
+    main_params(tmp_path, config)
 
 
 @pytest.mark.parametrize(

@@ -299,7 +299,10 @@ def test_smoke_and_tiny_are_different_variants():
 
 def test_unknown_variant_names_the_valid_ones(monkeypatch):
   monkeypatch.chdir(REPO_ROOT)
-  valid = "expected one of reduced, smoke, tiny, long_cpu or none"
+  valid = (
+    "expected one of reduced, smoke, tiny, long_cpu, accelerator, device_check, "
+    "device_check_smoke or none"
+  )
   with pytest.raises(ValueError, match=f"Unknown config variant 'huge'; {valid}"):
     base.apply_variant(base.get_base_config(), "huge")
   with pytest.raises(flags.IllegalFlagValueError, match=valid):
