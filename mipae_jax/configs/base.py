@@ -134,9 +134,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 100
   # 600 steps x 400 epochs (MNIST / dSprites) in the reference.
   config.num_train_steps = 240_000
-  # Train steps run in one jitted call (a scan); logging, images, saves,
-  # preemption and the NaN guard happen between calls. Must divide
-  # checkpoint_every_steps. 1: one call per step.
+  # Main-network train steps run in one jitted call (a scan; stage 2 runs
+  # one per call); logging, images, saves, preemption and the NaN guard
+  # happen between calls. Must divide checkpoint_every_steps. 1: one call
+  # per step.
   config.steps_per_call = 1
 
   config.log_every_steps = 100
