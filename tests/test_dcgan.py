@@ -1,5 +1,7 @@
 """The DCGAN networks (Sec. IV-A): parameter counts and output shapes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +21,12 @@ def _conv(k, c_in, c_out):
 def test_dcgan_encoder_parameter_count_and_shapes():
   enc = dcgan.DCGANEncoder(128)
   x = jnp.zeros((2, 64, 64, 3))
-  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
-  (code, skips), _ = enc.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jax.jit(functools.partial(enc.init, train=False))(
+    jax.random.PRNGKey(0), x
+  )
+  (code, skips), _ = jax.jit(
+    functools.partial(enc.apply, train=True, mutable=["batch_stats"])
+  )(variables, x)
   channels = [3, 64, 128, 256, 512]
   expected = sum(
     _conv(4, a, b) + 2 * b for a, b in zip(channels[:-1], channels[1:], strict=True)
@@ -41,10 +47,11 @@ def test_dcgan_encoder_parameter_count_and_shapes():
 def test_dcgan_decoder_parameter_count_and_shapes(skip_connections):
   dec = dcgan.DCGANDecoder(3, skip_connections=skip_connections)
   skips = tuple(jnp.zeros((2, 64 // 2**i, 64 // 2**i, 32 * 2**i)) for i in range(1, 5))
-  variables = dec.init(
-    jax.random.PRNGKey(0), jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False
+  codes = jnp.zeros((2, 128)), jnp.zeros((2, 5))
+  variables = jax.jit(functools.partial(dec.init, train=False))(
+    jax.random.PRNGKey(0), *codes, skips
   )
-  out = dec.apply(variables, jnp.zeros((2, 128)), jnp.zeros((2, 5)), skips, False)
+  out = jax.jit(functools.partial(dec.apply, train=False))(variables, *codes, skips)
   m = 2 if skip_connections else 1
   expected = _conv(4, 133, 512) + 2 * 512
   expected += _conv(4, 512 * m, 256) + 2 * 256
