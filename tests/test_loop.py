@@ -27,12 +27,14 @@ def _assert_trees_equal(a, b):
 def test_resumed_run_equals_uninterrupted_run(
   tmp_path, dsprites_data_dir, trained_workdir
 ):
-  """The shared 4-step run saved step 2 on its way: resuming a copy from
-  there ends where the uninterrupted run did, bit for bit."""
+  """The shared 4-step run saved step 2 on its way: a run holding only that
+  checkpoint (one stopped there) resumes from it and ends where the
+  uninterrupted run did, bit for bit."""
   config = tiny_config(dsprites_data_dir)
   resumed_dir = tmp_path / "resumed"
-  shutil.copytree(trained_workdir / "checkpoints", resumed_dir / "checkpoints")
-  config.restore_step = 2
+  shutil.copytree(
+    trained_workdir / "checkpoints" / "2", resumed_dir / "checkpoints" / "2"
+  )
   train.train_and_evaluate(config, str(resumed_dir))
   resumed, step = main_params(resumed_dir, config)
   uninterrupted, _ = main_params(trained_workdir, config)
