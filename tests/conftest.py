@@ -71,14 +71,6 @@ def trained_workdir(tmp_path_factory, dsprites_data_dir):
   return workdir
 
 
-def pytest_collection_modifyitems(items):
-  """Files whose tests use the shared trained workdir run after the others
-  (xdist deals files out in this order), so that a worker reaches one while
-  the other is still busy elsewhere instead of waiting for its training."""
-  shared = {item.path for item in items if "trained_workdir" in item.fixturenames}
-  items.sort(key=lambda item: item.path in shared)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Reuse XLA executables across tests that compile the same step, in one
