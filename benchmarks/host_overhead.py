@@ -218,7 +218,7 @@ def step_flops(method: str, batch_size: int = 100) -> float:
   config = reproduce.build_config("moving_dsprites", method)
   config.batch_size = batch_size
   config.model.conv_impl = "plain"
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(jax.devices()[:1])  # batch 100 on any device count
   networks = build_networks(config, 3)
   state = jax.eval_shape(
     lambda: train_state.create_train_state(
