@@ -28,7 +28,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mipae_jax import sharding, train, train_state  # noqa: E402
+from mipae_jax import feeds, sharding, train, train_state  # noqa: E402
 from mipae_jax.configs import drnet_dsprites, mipae_dsprites  # noqa: E402
 from mipae_jax.datasets import prepared
 from mipae_jax.models.networks import build_networks  # noqa: E402
@@ -115,7 +115,7 @@ def train_ours(config, videos) -> list[dict]:
   base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   curve, window, start = [], None, time.time()
   for step in range(1, FLAGS.steps + 1):
-    batch = train.next_batch(batches)
+    batch = feeds.next_batch(batches)
     state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
     window = metrics if window is None else window.merge(metrics)
     if step % FLAGS.log_every == 0 or step == FLAGS.steps:

@@ -3,7 +3,7 @@
   python benchmarks/host_overhead.py                   # K in 1, 8, 32; batch 100
   python benchmarks/host_overhead.py --steps_per_call=1,8 --batch_size=16
 
-The train step, the loop's feeds (train.host_data, train.device_data_feed)
+The train step, the loop's feeds (feeds.host_feed, feeds.device_feed)
 and the data are the real ones; only the networks are tiny (a mean-pooled
 Dense per encoder, a Dense decoder painting one colour per frame), so that
 compute is negligible and the wall time per step is the host's: batch
@@ -27,6 +27,7 @@ the step times of the paper's networks (launch/device_check.sh runs it for
 both methods in float32 and bfloat16).
 """
 
+import functools
 import pathlib
 import sys
 import tempfile
@@ -42,6 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mipae_jax import (  # noqa: E402
   device_data,
+  feeds,
   input_pipeline,
   sharding,
   train,
@@ -129,16 +131,18 @@ def _config(
 
 def _feed(config, networks, mesh):
   base_rng = jax.random.PRNGKey(1)
+  one_step = functools.partial(train.train_step, networks, config.loss, config.method)
   if config.dataset.placement == "device":
     videos = device_data.place_train_videos(config.dataset, mesh)
-    return train.device_data_feed(networks, config, mesh, videos, base_rng)
+    return feeds.device_feed(one_step, config, mesh, videos, base_rng)
   train_iter = input_pipeline.create_train_iterator(
     config.dataset,
     global_batch_size=config.batch_size,
     sharding=sharding.batch_sharding(mesh),
     seed=0,
   )
-  return train.host_data(networks, config, mesh, train_iter, base_rng)
+  single = train.make_train_step(networks, config, mesh, sharding.replicated(mesh))
+  return feeds.host_feed(one_step, single, mesh, train_iter, base_rng)
 
 
 def time_path(

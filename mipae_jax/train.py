@@ -1,9 +1,9 @@
 """Training of the main network (E_c, E_p, D and the critic) for MIPAE and
 DRNET: one pure sharded `train_step` and the stage's entry point (the loop
-is loop.run, the state train_state.TrainState)."""
+is loop.run, its feeds feeds.py, the state train_state.TrainState)."""
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +19,7 @@ from mipae_jax import (
   config_fields,
   config_validation,
   device_data,
+  feeds,
   input_pipeline,
   loop,
   objectives,
@@ -215,13 +216,6 @@ def train_step(
   return new_state, METRICS[method].single_from_model_output(**logs)
 
 
-def next_batch(train_iter: Iterator[dict[str, Any]]) -> dict[str, Any]:
-  """The two batches of one step, drawn in the reference's order: the
-  critic's first, then the main network's."""
-  critic = next(train_iter)["video"]
-  return {"critic_video": critic, "video": next(train_iter)["video"]}
-
-
 def make_train_step(
   networks: Networks,
   config: ml_collections.ConfigDict,
@@ -237,156 +231,6 @@ def make_train_step(
     out_shardings=(state_sharding, replicated),
     donate_argnums=0,
   )
-
-
-def _scanned_steps(
-  one_step: Callable, state: TrainState, xs: Any
-) -> tuple[TrainState, metrics.Collection]:
-  """`one_step(state, x)` over the leading axis of `xs`, metrics merged on
-  the device."""
-  state, stacked = jax.lax.scan(one_step, state, xs)
-  return state, loop.summed(stacked)
-
-
-def host_steps(
-  networks: Networks,
-  loss_config: ml_collections.ConfigDict,
-  method: str,
-  state: TrainState,
-  videos: jnp.ndarray,
-  steps: jax.Array,
-  base_rng: jax.Array,
-) -> tuple[TrainState, metrics.Collection]:
-  """len(steps) train steps in one call, on host batches `videos` [2 K, B,
-  ...] (critic, main, critic, ...: the order of next_batch)."""
-  pairs = videos.reshape(len(steps), 2, *videos.shape[1:])
-
-  def one_step(state, x):
-    pair, step = x
-    batch = {"critic_video": pair[0], "video": pair[1]}
-    rng = jax.random.fold_in(base_rng, step)
-    return train_step(networks, loss_config, method, state, batch, rng)
-
-  return _scanned_steps(one_step, state, (pairs, steps))
-
-
-def device_steps(
-  networks: Networks,
-  loss_config: ml_collections.ConfigDict,
-  method: str,
-  batch_size: int,
-  batch_sharding: jax.sharding.NamedSharding,
-  num_steps: int,
-  state: TrainState,
-  videos: jax.Array,
-  first_step: jax.Array,
-  base_rng: jax.Array,
-  data_key: jax.Array,
-) -> tuple[TrainState, metrics.Collection]:
-  """`num_steps` train steps in one call, each gathering its batches from
-  the device-stored `videos` (device_data.step_batch)."""
-
-  def one_step(state, step):
-    batch = device_data.step_batch(videos, data_key, step, batch_size, batch_sharding)
-    rng = jax.random.fold_in(base_rng, step)
-    return train_step(networks, loss_config, method, state, batch, rng)
-
-  return _scanned_steps(one_step, state, first_step + jnp.arange(num_steps))
-
-
-class TrainData(NamedTuple):
-  """How the loop feeds the steps: `next_batch(num_steps)`, `step_fn(state,
-  batch, first_step, num_steps)`, the iterator state to checkpoint (None:
-  nothing), and `video_of(step, batch)`, the main-network batch of a call's
-  last step for the image hook."""
-
-  next_batch: Callable[[int], Any]
-  step_fn: loop.StepFn
-  train_iter: Any
-  video_of: Callable[[int, Any], Any]
-
-
-def host_data(
-  networks: Networks,
-  config: ml_collections.ConfigDict,
-  mesh: jax.sharding.Mesh,
-  train_iter: input_pipeline.TrainIterator,
-  base_rng: jax.Array,
-) -> TrainData:
-  """Batches from the grain iterator: one per call of the jitted train_step
-  (steps_per_call 1), or 2 K stacked for a call of K scanned steps."""
-  # One replicated sharding for every leaf of the state: the restored and the
-  # initial state carry different (equal-shaped) optimiser objects.
-  replicated = sharding.replicated(mesh)
-  single = make_train_step(networks, config, mesh, replicated)
-  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
-  several = jax.jit(
-    functools.partial(host_steps, networks, config.loss, config.method),
-    in_shardings=(replicated, stacked, replicated, replicated),
-    out_shardings=(replicated, replicated),
-    donate_argnums=0,
-  )
-
-  def next_batches(num_steps: int) -> Any:
-    if num_steps == 1:
-      return next_batch(train_iter)
-    return train_iter.next_stacked(2 * num_steps)["video"]
-
-  def step_fn(state, batch, first_step: int, num_steps: int):
-    if num_steps == 1:
-      return single(state, batch, jax.random.fold_in(base_rng, first_step))
-    steps = np.arange(first_step, first_step + num_steps, dtype=np.int32)
-    return several(state, batch, steps, base_rng)
-
-  def video_of(step: int, batch: Any) -> Any:
-    return batch["video"] if isinstance(batch, dict) else batch[-1]
-
-  return TrainData(next_batches, step_fn, train_iter, video_of)
-
-
-def device_data_feed(
-  networks: Networks,
-  config: ml_collections.ConfigDict,
-  mesh: jax.sharding.Mesh,
-  videos: jax.Array,
-  base_rng: jax.Array,
-) -> TrainData:
-  """Batches gathered inside the step from the device-stored `videos`: the
-  host passes only the first step number of each call."""
-  replicated = sharding.replicated(mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-
-  @functools.cache
-  def compiled(num_steps: int):
-    return jax.jit(
-      functools.partial(
-        device_steps,
-        networks,
-        config.loss,
-        config.method,
-        config.batch_size,
-        batch_sharding,
-        num_steps,
-      ),
-      in_shardings=(replicated, videos.sharding, replicated, replicated, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
-
-  def step_fn(state, batch, first_step: int, num_steps: int):
-    return compiled(num_steps)(state, videos, np.int32(first_step), base_rng, data_key)
-
-  gather = jax.jit(
-    lambda videos, step: device_data.step_batch(
-      videos, data_key, step, config.batch_size, batch_sharding
-    )["video"]
-  )
-
-  def video_of(step: int, batch: Any) -> Any:
-    return gather(videos, np.int32(step))
-
-  return TrainData(lambda num_steps: None, step_fn, None, video_of)
 
 
 def make_image_hook(
@@ -447,9 +291,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir, config, info, restore_step=config.restore_step, writable=True
   ) as checkpoints:
     base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    one_step = functools.partial(train_step, networks, config.loss, config.method)
     if config.dataset.placement == "device":
-      feed = device_data_feed(
-        networks,
+      feed = feeds.device_feed(
+        one_step,
         config,
         mesh,
         device_data.place_train_videos(config.dataset, mesh),
@@ -462,7 +307,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         sharding=sharding.batch_sharding(mesh),
         seed=config.seed,
       )
-      feed = host_data(networks, config, mesh, train_iter, base_rng)
+      # One replicated sharding for every leaf of the state: the restored and
+      # the initial state carry different (equal-shaped) optimiser objects.
+      single = make_train_step(networks, config, mesh, sharding.replicated(mesh))
+      feed = feeds.host_feed(one_step, single, mesh, train_iter, base_rng)
     state = checkpoints.restore_or_initialize(
       abstract_state(networks, config, mesh, image_shape),
       lambda: init_state(networks, config, mesh, image_shape)[0],

@@ -11,6 +11,7 @@ from conftest import main_params, tiny_config
 from mipae_jax import (
   config_validation,
   device_data,
+  feeds,
   input_pipeline,
   sharding,
   train,
@@ -90,7 +91,7 @@ def test_one_step_per_call_is_one_jitted_train_step_per_step(
   )
   base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   for step in range(1, config.num_train_steps + 1):
-    batch = train.next_batch(train_iter)
+    batch = feeds.next_batch(train_iter)
     state, _ = step_fn(state, batch, jax.random.fold_in(base_rng, step))
   expected, _ = main_params(trained_workdir, config)
   got = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})

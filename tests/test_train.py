@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from mipae_jax import objectives, sharding, train, train_state
+from mipae_jax import feeds, objectives, sharding, train, train_state
 from mipae_jax.configs import drnet_dsprites, mipae_dsprites
 from mipae_jax.models import critics
 from mipae_jax.models.main_network import MainNetwork
@@ -405,7 +405,7 @@ def test_critic_init_is_normal_002_with_zero_bias(factory):
 
 def test_next_batch_takes_the_critic_batch_first():
   batches = iter([{"video": np.full((1,), n)} for n in range(4)])
-  first, second = train.next_batch(batches), train.next_batch(batches)
+  first, second = feeds.next_batch(batches), feeds.next_batch(batches)
   assert [int(first["critic_video"][0]), int(first["video"][0])] == [0, 1]
   assert [int(second["critic_video"][0]), int(second["video"][0])] == [2, 3]
 
